@@ -1,0 +1,168 @@
+"""What a Generate stream has delivered so far; shared by `Stream` and `AsyncStream`.
+
+The sync and async streams differ only in how they read the next response; both
+record every response here, so that the text so far, the token count and the rate
+read the same on either.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tokenwire.client import _convert
+from tokenwire.client._models import Choice, Chunk, Completion, StopMatch, Timing, TokenLogprob, Usage
+from tokenwire.client._types import FinishReason
+from tokenwire.v1 import generation_pb2 as pb
+
+
+class _Sequence:
+    """Everything received for one sequence index."""
+
+    __slots__ = ("parts", "token_ids", "logprobs", "finish_reason", "stop_match", "cumulative")
+
+    def __init__(self) -> None:
+        # Joined on demand: appending is O(1) however often `.text` is not read.
+        self.parts: list[str] = []
+        self.token_ids: list[int] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.finish_reason: FinishReason | None = None
+        self.stop_match: StopMatch | None = None
+        self.cumulative: float | None = None
+
+    def choice(self, index: int) -> Choice:
+        return Choice(
+            index=index,
+            text="".join(self.parts),
+            token_ids=tuple(self.token_ids),
+            finish_reason=self.finish_reason,
+            stop_match=self.stop_match,
+            logprobs=tuple(self.logprobs),
+            cumulative_logprob=self.cumulative,
+        )
+
+
+class BaseStream:
+    """The progress of one Generate call: text so far, token count, rate, final usage."""
+
+    def __init__(self, request_id: str) -> None:
+        self._request_id = request_id
+        self._sequences: dict[int, _Sequence] = {}
+        self._usage: Usage | None = None
+        self._timing: Timing | None = None
+        self._started = time.perf_counter()
+        self._first_chunk_at: float | None = None
+        self._last_chunk_at: float | None = None
+        self._done = False
+        self._cancelled = False
+
+    @property
+    def request_id(self) -> str:
+        """The caller's request_id, or the server's once the first chunk arrived."""
+        return self._request_id
+
+    @property
+    def text(self) -> str:
+        """The text of sequence 0 so far."""
+        sequence = self._sequences.get(0)
+        return "".join(sequence.parts) if sequence else ""
+
+    @property
+    def texts(self) -> list[str]:
+        """The text so far of each sequence, by index (for ``n > 1``)."""
+        count = max(self._sequences, default=-1) + 1
+        return ["".join(self._sequences[i].parts) if i in self._sequences else "" for i in range(count)]
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        """The token ids of sequence 0 so far."""
+        sequence = self._sequences.get(0)
+        return tuple(sequence.token_ids) if sequence else ()
+
+    @property
+    def token_count(self) -> int:
+        """Tokens received so far, over all sequences."""
+        return sum(len(sequence.token_ids) for sequence in self._sequences.values())
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Tokens received per second, from sending the request to the latest chunk.
+
+        The span includes the time to the first token, so this is the rate a caller
+        sees, not the engine's decode speed alone (see `timing` for the server's view).
+        """
+        if self._last_chunk_at is None or self._last_chunk_at <= self._started:
+            return 0.0
+        return self.token_count / (self._last_chunk_at - self._started)
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        """Seconds from sending the request to the first chunk, as this client saw it."""
+        return None if self._first_chunk_at is None else self._first_chunk_at - self._started
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        """Why sequence 0 ended; None while it runs."""
+        sequence = self._sequences.get(0)
+        return sequence.finish_reason if sequence else None
+
+    @property
+    def usage(self) -> Usage | None:
+        """Token counts of the whole request, once the last chunk arrived."""
+        return self._usage
+
+    @property
+    def timing(self) -> Timing | None:
+        """The server's timing of the whole request, once the last chunk arrived."""
+        return self._timing
+
+    @property
+    def done(self) -> bool:
+        """True once the call ended: finished, failed or cancelled."""
+        return self._done
+
+    @property
+    def cancelled(self) -> bool:
+        """True when this client cancelled the call before it finished."""
+        return self._cancelled
+
+    def _completion(self) -> Completion:
+        return Completion(
+            request_id=self._request_id,
+            choices=tuple(self._sequences[i].choice(i) for i in sorted(self._sequences)),
+            usage=self._usage,
+            timing=self._timing,
+        )
+
+    def _record(self, response: pb.GenerateResponse) -> Chunk:
+        now = time.perf_counter()
+        if self._first_chunk_at is None:
+            self._first_chunk_at = now
+        self._last_chunk_at = now
+        chunk = _convert.chunk(response)
+        self._request_id = chunk.request_id or self._request_id
+        sequence = self._sequences.setdefault(chunk.index, _Sequence())
+        sequence.parts.append(chunk.text)
+        sequence.token_ids.extend(chunk.token_ids)
+        sequence.logprobs.extend(chunk.logprobs)
+        sequence.finish_reason = chunk.finish_reason or sequence.finish_reason
+        sequence.stop_match = chunk.stop_match or sequence.stop_match
+        if chunk.cumulative_logprob is not None:
+            sequence.cumulative = chunk.cumulative_logprob
+        self._usage = chunk.usage or self._usage
+        self._timing = chunk.timing or self._timing
+        return chunk
+
+    def _end(self, *, cancelled: bool = False) -> None:
+        """Mark the call over; sequences cut short by a local cancel end as "cancelled"."""
+        self._done = True
+        if cancelled:
+            self._cancelled = True
+            for sequence in self._sequences.values():
+                sequence.finish_reason = sequence.finish_reason or "cancelled"
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self._cancelled else "done" if self._done else "streaming"
+        return (
+            f"<{type(self).__name__} request_id={self._request_id!r} "
+            f"tokens={self.token_count} {state}>"
+        )

@@ -1,0 +1,126 @@
+"""The grpc.aio server: GenerationService, health, reflection, metrics, graceful stop.
+
+server = Server(Settings(port=0))
+await server.start()          # engine loaded, port bound, health SERVING
+...                           # server.port is the bound port
+await server.stop()           # NOT_SERVING, drain up to the grace, abort the rest
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from tokenwire.v1 import generation_pb2 as pb
+from tokenwire.v1 import generation_pb2_grpc as pb_grpc
+
+from .convert import Limits
+from .engines import Engine, create_engine
+from .servicer import GenerationServicer
+from .settings import Settings
+from .telemetry import Metrics
+
+log = logging.getLogger("tokenwire.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+
+# Long prefills keep a stream silent for a while: let clients ping every 10 s
+# without data (the grpc default answers such pings with GOAWAY after 300 s).
+_CHANNEL_OPTIONS = (
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+)
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_tokens=settings.max_tokens_limit,
+        default_max_tokens=settings.default_max_tokens,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        max_n=settings.max_n,
+        max_stop_strings=settings.max_stop_strings,
+        max_stop_string_length=settings.max_stop_string_length,
+        max_top_logprobs=settings.max_top_logprobs,
+        max_concurrent_requests=settings.max_concurrent_requests,
+    )
+
+
+class Server:
+    """One tokenwire server and the engine behind it."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine if engine is not None else create_engine(settings)
+        model = self.engine.description
+        self.metrics = Metrics(model.name, model.engine, self.engine.in_flight)
+        self.servicer = GenerationServicer(self.engine, self.metrics, limits_from(settings))
+        self.health = health_aio.HealthServicer()
+        self._server = grpc.aio.server(options=_CHANNEL_OPTIONS)
+        self.port = 0
+        self.metrics_port = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.engine.start()
+        # The generated registration function carries no annotations.
+        pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self._server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if s.reflection:
+            names = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self._server)
+        self.port = self._server.add_insecure_port(f"{_host(s.host)}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {s.host}:{s.port}")
+        await self._server.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if s.metrics_port:
+            self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
+        log.info(
+            "tokenwire serving %s (%s engine) on %s:%d, metrics on %s",
+            self.engine.description.name,
+            self.engine.description.engine,
+            s.host,
+            self.port,
+            f"{s.metrics_host or s.host}:{self.metrics_port}/metrics"
+            if self.metrics_port
+            else "off",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING at once, refuse new calls, let live ones run up to
+        ``grace`` seconds (default: settings), abort the rest, close the engine."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        self.servicer.draining = True
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        await self.engine.close()
+        self.metrics.close()
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    server = Server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining live streams for up to %.1fs", settings.shutdown_grace_s)
+    await server.stop()
+    log.info("stopped")

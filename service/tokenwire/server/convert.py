@@ -1,0 +1,362 @@
+"""Protocol messages <-> engine types, in one place, validating every field on the way in.
+
+A field that is malformed or out of range raises ``InvalidArgument`` with the
+field's path as a client sees it (``stopping.max_tokens``,
+``messages.messages[2].role``), so the status carries it in a BadRequest detail.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar, cast
+
+from google.protobuf.message import Message
+
+from tokenwire.v1 import generation_pb2 as pb
+
+from .engines.base import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    ModelDescription,
+    PromptInput,
+    SamplingOptions,
+    SequenceDelta,
+    TokenLogprob,
+)
+from .errors import InvalidArgument, ModelNotFound
+
+T = TypeVar("T")
+
+MAX_REQUEST_ID_LENGTH = 128
+MAX_STOP_TOKEN_IDS = 256
+MAX_STREAMING_STEP = 4096
+MAX_BATCH_DELAY_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-request bounds in force (from Settings)."""
+
+    max_tokens: int
+    default_max_tokens: int
+    max_prompt_tokens: int
+    max_n: int
+    max_stop_strings: int
+    max_stop_string_length: int
+    max_top_logprobs: int
+    max_concurrent_requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPlan:
+    """How to group tokens into messages: see StreamOptions in the proto."""
+
+    step: int = 1
+    max_delay_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """A validated GenerateRequest whose prompt is not tokenized yet."""
+
+    request_id: str
+    input_field: str  # "prompt", "token_ids" or "messages": names errors about the prompt
+    prompt: PromptInput | None  # text or chat to tokenize, or None for token ids
+    token_ids: tuple[int, ...]
+    max_tokens: int | None
+    template: GenerationRequest  # everything but the prompt and max_tokens
+    stream: StreamPlan
+
+    def generation(
+        self, prompt_ids: Sequence[int], model: ModelDescription, limits: Limits
+    ) -> GenerationRequest:
+        """The engine request, once the prompt's length is known."""
+        if len(prompt_ids) > limits.max_prompt_tokens:
+            raise InvalidArgument(
+                self.input_field,
+                f"prompt has {len(prompt_ids)} tokens, more than the limit of "
+                f"{limits.max_prompt_tokens}",
+            )
+        room = model.max_context_length - len(prompt_ids)
+        if room < 1:
+            raise InvalidArgument(
+                self.input_field,
+                f"prompt has {len(prompt_ids)} tokens, the model's context is "
+                f"{model.max_context_length}",
+            )
+        max_tokens = self.max_tokens
+        if max_tokens is None:
+            max_tokens = min(limits.default_max_tokens, room)
+        elif max_tokens > room:
+            raise InvalidArgument(
+                "stopping.max_tokens",
+                f"{len(prompt_ids)} prompt tokens + max_tokens {max_tokens} exceed the "
+                f"model's context of {model.max_context_length}",
+            )
+        t = self.template
+        return GenerationRequest(
+            request_id=self.request_id,
+            prompt_token_ids=tuple(prompt_ids),
+            max_tokens=max_tokens,
+            sampling=t.sampling,
+            min_tokens=t.min_tokens,
+            stop=t.stop,
+            stop_token_ids=t.stop_token_ids,
+            ignore_eos=t.ignore_eos,
+            include_stop_in_output=t.include_stop_in_output,
+            logprobs=t.logprobs,
+            top_logprobs=t.top_logprobs,
+            skip_special_tokens=t.skip_special_tokens,
+        )
+
+
+def plan_request(req: pb.GenerateRequest, model: ModelDescription, limits: Limits) -> RequestPlan:
+    """Validate a GenerateRequest; raise InvalidArgument / ModelNotFound."""
+    if req.model and req.model != model.name:
+        raise ModelNotFound(
+            f"model {req.model!r} is not served here; this server serves {model.name!r}"
+        )
+    request_id = req.request_id or uuid.uuid4().hex
+    if len(request_id) > MAX_REQUEST_ID_LENGTH or not request_id.isprintable():
+        raise InvalidArgument(
+            "request_id", f"must be printable and at most {MAX_REQUEST_ID_LENGTH} characters"
+        )
+
+    which = req.WhichOneof("input")
+    prompt: PromptInput | None = None
+    token_ids: tuple[int, ...] = ()
+    if which == "prompt":
+        if not req.prompt:
+            raise InvalidArgument("prompt", "must not be empty")
+        prompt = PromptInput(text=req.prompt)
+    elif which == "token_ids":
+        token_ids = tuple(req.token_ids.ids)
+        if not token_ids:
+            raise InvalidArgument("token_ids.ids", "must not be empty")
+        for i, token in enumerate(token_ids):
+            if token >= model.vocab_size:
+                raise InvalidArgument(
+                    f"token_ids.ids[{i}]",
+                    f"{token} is not below the vocabulary size {model.vocab_size}",
+                )
+    elif which == "messages":
+        prompt = PromptInput(messages=chat_messages(req.messages, "messages"))
+    else:
+        raise InvalidArgument("input", "set one of prompt, token_ids or messages")
+
+    s, st, out = req.sampling, req.stopping, req.output
+    n = _opt(s, "n", 1)
+    if not 1 <= n <= limits.max_n:
+        raise InvalidArgument("sampling.n", f"must be between 1 and {limits.max_n}")
+    sampling = SamplingOptions(
+        temperature=_float(s, "sampling", "temperature", 0.0, 2.0),
+        top_p=_float(s, "sampling", "top_p", 0.0, 1.0, low_open=True),
+        top_k=_opt(s, "top_k", cast(int | None, None)),
+        min_p=_float(s, "sampling", "min_p", 0.0, 1.0),
+        repetition_penalty=_float(s, "sampling", "repetition_penalty", 0.0, 10.0, low_open=True),
+        presence_penalty=_float(s, "sampling", "presence_penalty", -2.0, 2.0),
+        frequency_penalty=_float(s, "sampling", "frequency_penalty", -2.0, 2.0),
+        seed=_opt(s, "seed", cast(int | None, None)),
+        n=n,
+    )
+
+    max_tokens = _opt(st, "max_tokens", cast(int | None, None))
+    if max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens:
+        raise InvalidArgument("stopping.max_tokens", f"must be between 1 and {limits.max_tokens}")
+    min_tokens = _opt(st, "min_tokens", 0)
+    if min_tokens > (max_tokens if max_tokens is not None else limits.max_tokens):
+        raise InvalidArgument("stopping.min_tokens", "must not exceed max_tokens")
+    if len(st.stop) > limits.max_stop_strings:
+        raise InvalidArgument("stopping.stop", f"at most {limits.max_stop_strings} stop strings")
+    for i, stop in enumerate(st.stop):
+        if not 1 <= len(stop) <= limits.max_stop_string_length:
+            raise InvalidArgument(
+                f"stopping.stop[{i}]",
+                f"must be 1 to {limits.max_stop_string_length} characters long",
+            )
+    if len(st.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidArgument("stopping.stop_token_ids", f"at most {MAX_STOP_TOKEN_IDS} ids")
+    for i, token in enumerate(st.stop_token_ids):
+        if token >= model.vocab_size:
+            raise InvalidArgument(
+                f"stopping.stop_token_ids[{i}]",
+                f"{token} is not below the vocabulary size {model.vocab_size}",
+            )
+
+    top_logprobs = _opt(out, "top_logprobs", 0)
+    if top_logprobs > limits.max_top_logprobs:
+        raise InvalidArgument("output.top_logprobs", f"must be at most {limits.max_top_logprobs}")
+
+    step = _opt(req.stream, "streaming_step", 1)
+    if step > MAX_STREAMING_STEP:
+        raise InvalidArgument("stream.streaming_step", f"must be at most {MAX_STREAMING_STEP}")
+    delay_ms = _opt(req.stream, "max_batch_delay_ms", cast(int | None, None))
+    if delay_ms is not None and delay_ms > MAX_BATCH_DELAY_MS:
+        raise InvalidArgument("stream.max_batch_delay_ms", f"must be at most {MAX_BATCH_DELAY_MS}")
+
+    template = GenerationRequest(
+        request_id=request_id,
+        prompt_token_ids=(),
+        max_tokens=0,
+        sampling=sampling,
+        min_tokens=min_tokens,
+        stop=tuple(st.stop),
+        stop_token_ids=tuple(st.stop_token_ids),
+        ignore_eos=_opt(st, "ignore_eos", False),
+        include_stop_in_output=_opt(st, "include_stop_in_output", False),
+        logprobs=_opt(out, "logprobs", False) or top_logprobs > 0,
+        top_logprobs=top_logprobs,
+        skip_special_tokens=_opt(out, "skip_special_tokens", True),
+    )
+    return RequestPlan(
+        request_id=request_id,
+        input_field=which,
+        prompt=prompt,
+        token_ids=token_ids,
+        max_tokens=max_tokens,
+        template=template,
+        stream=StreamPlan(step, None if delay_ms is None else delay_ms / 1000.0),
+    )
+
+
+def chat_messages(messages: pb.ChatMessages, path: str) -> tuple[ChatMessage, ...]:
+    if not messages.messages:
+        raise InvalidArgument(f"{path}.messages", "must not be empty")
+    out = []
+    for i, m in enumerate(messages.messages):
+        if not m.role:
+            raise InvalidArgument(f"{path}.messages[{i}].role", "must not be empty")
+        out.append(ChatMessage(role=m.role, content=m.content))
+    return tuple(out)
+
+
+def tokenize_input(req: pb.TokenizeRequest) -> PromptInput:
+    which = req.WhichOneof("input")
+    if which == "prompt":
+        return PromptInput(text=req.prompt)
+    if which == "messages":
+        return PromptInput(messages=chat_messages(req.messages, "messages"))
+    raise InvalidArgument("input", "set one of prompt or messages")
+
+
+def _opt(msg: Message, name: str, default: T) -> T:
+    """An optional scalar's value, or ``default`` when the client left it unset."""
+    return cast(T, getattr(msg, name)) if msg.HasField(name) else default
+
+
+def _float(
+    msg: Message, path: str, name: str, low: float, high: float, *, low_open: bool = False
+) -> float | None:
+    if not msg.HasField(name):
+        return None
+    value = float(getattr(msg, name))
+    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise InvalidArgument(f"{path}.{name}", f"must be in {bracket}{low}, {high}]")
+    return value
+
+
+# --- engine -> protocol -----------------------------------------------------------
+
+FINISH_REASONS: dict[FinishReason | None, pb.FinishReason] = {
+    None: pb.FINISH_REASON_UNSPECIFIED,
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "stop_sequence": pb.FINISH_REASON_STOP_SEQUENCE,
+    "cancelled": pb.FINISH_REASON_CANCELLED,
+}
+
+
+def stop_match(match: str | int | None) -> pb.StopMatch | None:
+    if match is None:
+        return None
+    if isinstance(match, str):
+        return pb.StopMatch(stop_text=match)
+    return pb.StopMatch(stop_token_id=match)
+
+
+def logprobs(items: Sequence[TokenLogprob]) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(
+            token_id=lp.token_id,
+            token=lp.token,
+            logprob=lp.logprob,
+            top=[
+                pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in lp.top
+            ],
+        )
+        for lp in items
+    ]
+
+
+def response(
+    request_id: str,
+    index: int,
+    deltas: Sequence[SequenceDelta],
+    completion_tokens: int,
+) -> pb.GenerateResponse:
+    """One stream message from one or more consecutive deltas of one sequence."""
+    last = deltas[-1]
+    if len(deltas) == 1:
+        text, ids, lps = last.text, last.token_ids, last.logprobs
+    else:
+        text = "".join(d.text for d in deltas)
+        ids = tuple(t for d in deltas for t in d.token_ids)
+        lps = tuple(lp for d in deltas for lp in d.logprobs)
+    msg = pb.GenerateResponse(
+        request_id=request_id,
+        index=index,
+        text=text,
+        token_ids=ids,
+        completion_tokens=completion_tokens,
+        finish_reason=FINISH_REASONS[last.finish_reason],
+    )
+    if lps:
+        msg.logprobs.extend(logprobs(lps))
+    if last.cumulative_logprob is not None:
+        msg.cumulative_logprob = last.cumulative_logprob
+    match = stop_match(last.stop_match)
+    if match is not None:
+        msg.stop_match.CopyFrom(match)
+    return msg
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached: int) -> pb.Usage:
+    return pb.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        cached_prompt_tokens=cached,
+    )
+
+
+def timing(queue_s: float, ttft_s: float | None, total_s: float) -> pb.Timing:
+    return pb.Timing(
+        queue_ms=queue_s * 1000.0,
+        time_to_first_token_ms=(ttft_s or 0.0) * 1000.0,
+        total_ms=total_s * 1000.0,
+    )
+
+
+def model_info(model: ModelDescription, limits: Limits) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        model=model.name,
+        engine=model.engine,
+        max_context_length=model.max_context_length,
+        vocab_size=model.vocab_size,
+        eos_token_id=model.eos_token_id,
+        limits=pb.Limits(
+            max_tokens=limits.max_tokens,
+            default_max_tokens=limits.default_max_tokens,
+            max_prompt_tokens=limits.max_prompt_tokens,
+            max_n=limits.max_n,
+            max_stop_strings=limits.max_stop_strings,
+            max_stop_string_length=limits.max_stop_string_length,
+            max_top_logprobs=limits.max_top_logprobs,
+            max_concurrent_requests=limits.max_concurrent_requests,
+        ),
+    )

@@ -1,0 +1,205 @@
+"""The engine seam: everything the servicer needs from an engine, and nothing more.
+
+The shape follows TensorRT-LLM's ``GenerationResult``: ``submit()`` returns at once
+with a handle; iterating the handle yields what each engine step produced; and
+``abort()`` frees the request's slot without waiting.
+
+    handle = engine.submit(request)
+    try:
+        async for step in handle:          # one engine step at a time
+            for delta in step:             # one entry per sequence that advanced
+                send(delta.index, delta.text, delta.token_ids)
+    finally:
+        if not handle.finished:
+            handle.abort()                 # idempotent, never blocks
+
+Nothing here (or anywhere under ``engines/``) imports grpc or protobuf: the
+servicer converts these types to the protocol in ``convert.py``.
+
+Error tree (mapped to gRPC status codes in ``server/errors.py``)::
+
+    EngineError
+    ├── EngineUnavailable    the engine cannot take requests (not ready, dead)
+    ├── RequestFailed        this request failed inside the engine; others go on
+    └── InvalidInput         the engine rejects an input value (names the field)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "stop_sequence", "cancelled"]
+"""stop: end-of-sequence token; length: max_tokens or context; stop_sequence: a
+stop string or stop token id; cancelled: aborted before it finished."""
+
+
+class EngineError(Exception):
+    """Base class of every error an engine raises."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot take requests now: still loading, shut down, or dead."""
+
+
+class RequestFailed(EngineError):
+    """One request failed inside the engine; the engine keeps serving others."""
+
+
+class InvalidInput(EngineError):
+    """The engine rejects an input value, such as a token id outside the vocabulary."""
+
+    def __init__(self, field_path: str, description: str) -> None:
+        super().__init__(f"{field_path}: {description}")
+        self.field_path = field_path
+        self.description = description
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class PromptInput:
+    """Text or a conversation to tokenize; exactly one of the two is set."""
+
+    text: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """How to pick tokens; None means the engine's default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    n: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One validated generation, prompt already tokenized (see ``Engine.tokenize``)."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    max_tokens: int
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    min_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    include_stop_in_output: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    skip_special_tokens: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceDelta:
+    """What one sequence gained in one engine step.
+
+    ``text`` holds whole characters only: bytes of a character split across
+    tokens wait until the character is complete. ``finish_reason`` is set on
+    the sequence's last delta only.
+    """
+
+    index: int
+    token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    cumulative_logprob: float | None = None
+    finish_reason: FinishReason | None = None
+    stop_match: str | int | None = None
+
+
+class GenerationHandle(Protocol):
+    """A submitted request. Iterate it for steps; ``abort()`` to stop it.
+
+    After ``abort()`` an engine may or may not yield a last step with
+    ``finish_reason="cancelled"``; callers must not wait for one.
+    """
+
+    @property
+    def finished(self) -> bool:
+        """True once every sequence has finished or the request was aborted."""
+        ...
+
+    @property
+    def cached_prompt_tokens(self) -> int:
+        """Prompt tokens the engine served from its prefix cache."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[Sequence[SequenceDelta]]: ...
+
+    def abort(self) -> None:
+        """Stop the request and free its engine slot. Idempotent; never blocks."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDescription:
+    name: str
+    engine: str
+    max_context_length: int
+    vocab_size: int
+    eos_token_id: int
+
+
+class Engine(Protocol):
+    """An engine behind the servicer: simulated, transformers or TensorRT-LLM."""
+
+    @property
+    def description(self) -> ModelDescription: ...
+
+    async def start(self) -> None:
+        """Load the model; raise EngineUnavailable if it cannot serve."""
+        ...
+
+    async def tokenize(self, prompt: PromptInput, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a prompt or conversation, as ``submit`` would see them."""
+        ...
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        """Each token as text, for display (byte tokens read as ``<0xNN>``)."""
+        ...
+
+    def submit(self, request: GenerationRequest) -> GenerationHandle:
+        """Start a generation and return its handle at once."""
+        ...
+
+    def in_flight(self) -> int:
+        """Requests submitted and not yet finished or aborted."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """False once the engine has failed and cannot serve any more."""
+        ...
+
+    async def close(self) -> None:
+        """Abort what is live and release the engine."""
+        ...

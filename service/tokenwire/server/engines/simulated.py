@@ -1,0 +1,306 @@
+"""A latency simulator behind the engine seam: the default for development and tests.
+
+It streams readable, deterministic text (a function of the prompt and the seed)
+on a schedule: the first token ``ttft`` after submission, then one every
+``itl``. A consumer that falls behind finds the overdue tokens waiting and gets
+them in one step, as it would from a real engine's queue. With ``itl == 0`` it
+produces one token per step as fast as the event loop allows.
+
+It honours everything a real engine does that clients can observe: max_tokens,
+min_tokens, end-of-sequence (or ``ignore_eos``), stop strings and stop token
+ids, n sequences, logprobs with alternatives, chat and token-id input, and
+multi-byte characters split across byte tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .base import (
+    FinishReason,
+    GenerationRequest,
+    InvalidInput,
+    ModelDescription,
+    PromptInput,
+    SequenceDelta,
+    TokenLogprob,
+    TopLogprob,
+)
+from .simtok import EOS_ID, WORDS, SimTokenizer
+from .text import StopStrings, Utf8Deltas
+
+# Multi-byte words sprinkled into the output "now and then": none of them is in
+# the vocabulary, so each is spelt with 2-, 3- and 4-byte character tokens.
+_EXOTIC = (
+    "café",
+    "naïve",
+    "über",
+    "jalapeño",
+    "日本語",
+    "東京",
+    "你好",
+    "한국어",
+    "🚀",
+    "🎉",
+    "Ωmega",
+    "€",
+)
+_MAX_CATCH_UP = 64  # most overdue tokens handed over in one step
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    model: str = "tokenwire-sim"
+    ttft_s: float = 0.0
+    itl_s: float = 0.0
+    max_context_length: int = 32768
+
+
+class SimulatedEngine:
+    """Implements ``Engine`` with a schedule instead of a model."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self._config = config
+        self._tokenizer = SimTokenizer()
+        self._live: set[_SimHandle] = set()
+        self._closed = False
+        self._description = ModelDescription(
+            name=config.model,
+            engine="simulated",
+            max_context_length=config.max_context_length,
+            vocab_size=self._tokenizer.vocab_size,
+            eos_token_id=EOS_ID,
+        )
+
+    @property
+    def description(self) -> ModelDescription:
+        return self._description
+
+    @property
+    def tokenizer(self) -> SimTokenizer:
+        return self._tokenizer
+
+    @property
+    def healthy(self) -> bool:
+        return not self._closed
+
+    async def start(self) -> None:
+        return None
+
+    async def tokenize(self, prompt: PromptInput, add_special_tokens: bool = True) -> list[int]:
+        if prompt.messages is not None:
+            text = self._tokenizer.render_chat(prompt.messages)
+        else:
+            text = prompt.text or ""
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        return [self._tokenizer.token_string(t) for t in token_ids]
+
+    def submit(self, request: GenerationRequest) -> _SimHandle:
+        vocab = self._tokenizer.vocab_size
+        for i, token in enumerate(request.prompt_token_ids):
+            if token >= vocab:
+                raise InvalidInput(
+                    f"token_ids.ids[{i}]", f"{token} is not below vocab size {vocab}"
+                )
+        handle = _SimHandle(self, request, asyncio.get_running_loop().time())
+        self._live.add(handle)
+        return handle
+
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    async def close(self) -> None:
+        self._closed = True
+        for handle in list(self._live):
+            handle.abort()
+
+    def _release(self, handle: _SimHandle) -> None:
+        self._live.discard(handle)
+
+
+class _Sequence:
+    """One sequence's generator state: its words, text filters and counters."""
+
+    __slots__ = (
+        "count",
+        "done",
+        "index",
+        "logprob",
+        "natural_length",
+        "queue",
+        "rng",
+        "stops",
+        "utf8",
+    )
+
+    def __init__(self, index: int, seed: int, request: GenerationRequest) -> None:
+        self.index = index
+        self.rng = random.Random(seed)
+        self.queue: list[int] = []  # tokens of the current word, not yet emitted
+        self.count = 0
+        # Where the "model" would end its answer by itself (end-of-sequence).
+        self.natural_length = max(self.rng.randint(12, 400), request.min_tokens)
+        self.utf8 = Utf8Deltas()
+        self.stops = StopStrings(request.stop, request.include_stop_in_output)
+        self.logprob = 0.0
+        self.done = False
+
+
+class _SimHandle:
+    """A simulated request: computes each step when the consumer asks for it.
+
+    A class with ``__anext__`` rather than an async generator, so that a
+    consumer may cancel a pending ``__anext__`` (a timeout) and call it again
+    without losing anything, as with TensorRT-LLM's result queue.
+    """
+
+    def __init__(self, engine: SimulatedEngine, request: GenerationRequest, now: float) -> None:
+        self._engine = engine
+        self._tok = engine.tokenizer
+        self._request = request
+        self._next_due = now + engine._config.ttft_s
+        self._itl = engine._config.itl_s
+        seed = request.sampling.seed
+        if seed is None:
+            # A pretend greedy model: the same prompt gives the same answer.
+            seed = zlib.crc32(b"".join(t.to_bytes(4, "little") for t in request.prompt_token_ids))
+        self._sequences = [
+            _Sequence(i, seed * 1_000_003 + i, request) for i in range(request.sampling.n)
+        ]
+        self._remaining = request.sampling.n
+        self._aborted = False
+        self._stop_ids = frozenset(request.stop_token_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self._remaining == 0 or self._aborted
+
+    @property
+    def cached_prompt_tokens(self) -> int:
+        return 0
+
+    def __aiter__(self) -> _SimHandle:
+        return self
+
+    async def __anext__(self) -> list[SequenceDelta]:
+        if self._remaining == 0:
+            raise StopAsyncIteration
+        if not self._aborted:
+            delay = self._next_due - asyncio.get_running_loop().time()
+            # Sleep until the next token is due; at itl 0 still yield to the loop
+            # once per step, as a real engine's queue would.
+            await asyncio.sleep(max(delay, 0.0))
+        if self._aborted:
+            return self._cancel_all()
+        steps = 1
+        if self._itl > 0:
+            overdue = asyncio.get_running_loop().time() - self._next_due
+            steps = min(_MAX_CATCH_UP, 1 + max(0, int(overdue / self._itl)))
+            self._next_due += steps * self._itl
+        deltas = [self._advance(seq, steps) for seq in self._sequences if not seq.done]
+        if self._remaining == 0:
+            self._engine._release(self)
+        return deltas
+
+    def abort(self) -> None:
+        if not self._aborted and self._remaining:
+            self._aborted = True
+            self._engine._release(self)
+
+    def _cancel_all(self) -> list[SequenceDelta]:
+        deltas = []
+        for seq in self._sequences:
+            if not seq.done:
+                seq.done = True
+                deltas.append(SequenceDelta(seq.index, (), "", finish_reason="cancelled"))
+        self._remaining = 0
+        return deltas
+
+    def _advance(self, seq: _Sequence, steps: int) -> SequenceDelta:
+        request = self._request
+        ids: list[int] = []
+        chunks: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        finish: FinishReason | None = None
+        match: str | int | None = None
+        for _ in range(steps):
+            token = self._next_token(seq)
+            seq.count += 1
+            ids.append(token)
+            if request.logprobs:
+                logprobs.append(self._logprob(seq, token))
+            if token == EOS_ID:
+                finish = "stop"
+            elif token in self._stop_ids and seq.count >= request.min_tokens:
+                finish, match = "stop_sequence", token
+                chunks.append(seq.stops.flush())
+                if request.include_stop_in_output:
+                    chunks.append(seq.utf8.push(self._tok.token_bytes(token)))
+            else:
+                text = seq.utf8.push(self._tok.token_bytes(token))
+                if seq.stops and seq.count >= request.min_tokens:
+                    text, stop = seq.stops.push(text)
+                    if stop is not None:
+                        finish, match = "stop_sequence", stop
+                chunks.append(text)
+            if finish is None and seq.count >= request.max_tokens:
+                finish = "length"
+            if finish is not None:
+                break
+        if finish is not None:
+            seq.done = True
+            self._remaining -= 1
+            if match is None:
+                chunks.append(seq.stops.flush())
+            seq.utf8.finish()
+        return SequenceDelta(
+            index=seq.index,
+            token_ids=tuple(ids),
+            text="".join(chunks),
+            logprobs=tuple(logprobs),
+            cumulative_logprob=seq.logprob if request.logprobs else None,
+            finish_reason=finish,
+            stop_match=match,
+        )
+
+    def _next_token(self, seq: _Sequence) -> int:
+        if not seq.queue:
+            if seq.count >= seq.natural_length and not self._request.ignore_eos:
+                return EOS_ID
+            seq.queue = self._next_word(seq)
+        return seq.queue.pop(0)
+
+    def _next_word(self, seq: _Sequence) -> list[int]:
+        rng = seq.rng
+        roll = rng.random()
+        if roll < 0.06:
+            return self._tok.encode(" " + rng.choice(_EXOTIC), add_special_tokens=False)
+        if roll < 0.16 and seq.count:
+            return self._tok.encode(
+                rng.choice((".", ",", ".", "!", "?", ".\n")), add_special_tokens=False
+            )
+        token = self._tok.id_of(" " + rng.choice(WORDS))
+        assert token is not None
+        return [token]
+
+    def _logprob(self, seq: _Sequence, token: int) -> TokenLogprob:
+        # The sampled token is the most likely; alternatives trail behind it.
+        rng = seq.rng
+        value = -abs(rng.gauss(0.0, 0.6))
+        seq.logprob += value
+        top: list[TopLogprob] = []
+        if self._request.top_logprobs:
+            top.append(TopLogprob(token, self._tok.token_string(token), value))
+            alt = value
+            vocab = self._tok.vocab_size
+            for _ in range(self._request.top_logprobs - 1):
+                alt -= 0.2 + rng.random()
+                other = rng.randrange(vocab)
+                top.append(TopLogprob(other, self._tok.token_string(other), alt))
+        return TokenLogprob(token, self._tok.token_string(token), value, tuple(top))

@@ -1,0 +1,74 @@
+"""Every server setting, in one typed object: the only reader of flags and environment.
+
+Each field is a flag (``--max-queue``) and an environment variable
+(``TOKENWIRE_MAX_QUEUE``); a flag wins over the environment. Build it once in
+``cli.py`` and pass it down; tests construct ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EngineKind = Literal["simulated", "transformers", "tensorrt-llm"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TOKENWIRE_",
+        cli_kebab_case=True,
+        cli_prog_name="tokenwire-server",
+        cli_implicit_flags=True,
+        extra="ignore",
+    )
+
+    # Engine and model.
+    engine: EngineKind = Field("simulated", description="Engine behind the server.")
+    model: str = Field(
+        "tokenwire-sim",
+        description="Model path or name; for the simulated engine any name.",
+    )
+    sim_ttft_ms: float = Field(
+        30.0, ge=0, description="Simulated engine: time to first token in ms (0 = at once)."
+    )
+    sim_itl_ms: float = Field(
+        15.0, ge=0, description="Simulated engine: time between tokens in ms (0 = at once)."
+    )
+    sim_max_context: int = Field(
+        32768, ge=16, description="Simulated engine: context length it claims."
+    )
+
+    # Listeners.
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 = off.")
+    metrics_host: str | None = Field(None, description="Address /metrics binds; default: --host.")
+    reflection: bool = Field(True, description="Serve gRPC server reflection.")
+
+    # Limits on each request.
+    max_concurrent_requests: int = Field(256, ge=1, description="Engine requests run at once.")
+    max_queue: int = Field(1024, ge=0, description="Requests waiting for an engine slot.")
+    max_tokens_limit: int = Field(8192, ge=1, description="Largest accepted max_tokens.")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request omits it.")
+    max_prompt_tokens: int = Field(32768, ge=1, description="Most prompt tokens accepted.")
+    max_n: int = Field(16, ge=1, description="Largest accepted n.")
+    max_stop_strings: int = Field(16, ge=0, description="Most stop strings per request.")
+    max_stop_string_length: int = Field(256, ge=1, description="Longest stop string, chars.")
+    max_top_logprobs: int = Field(20, ge=0, description="Largest accepted top_logprobs.")
+
+    # Lifecycle and logs.
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long live streams may run on."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    log_json: bool = Field(False, description="One JSON object per log line.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens must not exceed max_tokens_limit")
+        return self

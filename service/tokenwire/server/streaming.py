@@ -1,0 +1,124 @@
+"""From engine steps to stream messages: step and delay coalescing.
+
+Each gRPC message has a fixed cost that dwarfs its payload, so grouping tokens
+is the big lever on throughput (shared/TRANSPORT_FIGURES.md). The caller picks
+the trade-off per request with ``StreamOptions``:
+
+- ``streaming_step`` 0 or 1: one message per sequence per engine step, at once.
+  A step carries every token the engine had ready, so a consumer that fell
+  behind catches up in fewer, larger messages.
+- ``streaming_step`` N > 1: hold a sequence's tokens until N are ready, or the
+  sequence ends, or the oldest held token has waited ``max_batch_delay_ms``.
+
+This module tracks progress (token counts, time to first token) for the
+servicer's usage and timing, and nothing else: aborting is the servicer's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from tokenwire.v1 import generation_pb2 as pb
+
+from . import convert
+from .convert import StreamPlan
+from .engines.base import GenerationHandle, SequenceDelta
+
+
+class Progress:
+    """What a request has produced so far, for usage, timing and metrics.
+
+    Times are ``time.perf_counter()`` readings: uvloop's ``loop.time()`` ticks in
+    whole milliseconds, too coarse for latency figures.
+    """
+
+    __slots__ = ("counts", "first_token_at", "prompt_tokens", "remaining", "started")
+
+    def __init__(self, started: float, n: int) -> None:
+        self.started = started
+        self.prompt_tokens = 0
+        self.first_token_at: float | None = None
+        self.counts = [0] * n
+        self.remaining = n
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self.counts)
+
+    def update(self, deltas: Sequence[SequenceDelta]) -> None:
+        counts = self.counts
+        for d in deltas:
+            if d.token_ids:
+                counts[d.index] += len(d.token_ids)
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
+            if d.finish_reason is not None:
+                self.remaining -= 1
+
+
+async def responses(
+    handle: GenerationHandle,
+    request_id: str,
+    plan: StreamPlan,
+    progress: Progress,
+    finalize: Callable[[pb.GenerateResponse], None],
+) -> AsyncIterator[pb.GenerateResponse]:
+    """Stream messages for ``handle``; ``finalize`` decorates the very last one."""
+    loop = asyncio.get_running_loop()
+    steps = handle.__aiter__()
+    hold = plan.step > 1 and plan.max_delay_s != 0
+    pending: dict[int, list[SequenceDelta]] = {}
+    held = [0] * len(progress.counts)  # tokens held per index
+    oldest: float | None = None  # when the oldest held token arrived
+    while True:
+        out: list[pb.GenerateResponse] = []
+        try:
+            if oldest is not None and plan.max_delay_s is not None:
+                wait = oldest + plan.max_delay_s - loop.time()
+                if wait <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait):
+                    step = await anext(steps)
+            else:
+                step = await anext(steps)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            # The delay bound is up: send what every sequence holds.
+            for index in sorted(pending):
+                out.append(_flush(request_id, index, pending, held, progress))
+            oldest = None
+            for msg in out:
+                yield msg
+            continue
+
+        now = loop.time()
+        progress.update(step)
+        for d in step:
+            if not hold:
+                out.append(convert.response(request_id, d.index, (d,), progress.counts[d.index]))
+                continue
+            pending.setdefault(d.index, []).append(d)
+            held[d.index] += len(d.token_ids)
+            if d.finish_reason is not None or held[d.index] >= plan.step:
+                out.append(_flush(request_id, d.index, pending, held, progress))
+        if hold:
+            oldest = (oldest or now) if pending else None
+        if progress.remaining == 0 and out:
+            finalize(out[-1])
+        for msg in out:
+            yield msg
+
+
+def _flush(
+    request_id: str,
+    index: int,
+    pending: dict[int, list[SequenceDelta]],
+    held: list[int],
+    progress: Progress,
+) -> pb.GenerateResponse:
+    deltas = pending.pop(index)
+    held[index] = 0
+    return convert.response(request_id, index, deltas, progress.counts[index])

@@ -1,0 +1,123 @@
+"""Metrics: OpenTelemetry instruments exported as Prometheus text at /metrics.
+
+Each server owns its MeterProvider and Prometheus registry (no globals), so
+several servers in one process (tests) count separately. Hot-path cost is kept
+to a few counter updates per request: token counts are added once at the end of
+a request, never per token, and the engine's in-flight count is read only when
+Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIServer
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+
+AbortReason = str  # "cancelled" | "deadline" | "shutdown" | "stalled" | "error"
+
+# Seconds; LLM latencies span milliseconds (a token) to minutes (a long answer).
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The server's instruments (names in shared/CONTRACT.md)."""
+
+    def __init__(self, model: str, engine: str, in_flight: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        reader = PrometheusMetricReader(
+            registry=self.registry, disable_target_info=True, scope_info_enabled=False
+        )
+        seconds = ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS)
+        self._provider = MeterProvider(
+            metric_readers=[reader],
+            resource=Resource.create({"service.name": "tokenwire"}),
+            views=[View(instrument_name="gen_ai.server.*", aggregation=seconds)],
+        )
+        meter = self._provider.get_meter("tokenwire")
+        self._attrs = {"gen_ai.request.model": model, "gen_ai.system": engine}
+
+        self.streams_active = meter.create_up_down_counter(
+            "tokenwire_streams_active", description="Generate/Complete RPCs in progress"
+        )
+        self.requests = meter.create_counter(
+            "tokenwire_requests", description="Finished RPCs by method and gRPC status code"
+        )
+        self.aborts = meter.create_counter(
+            "tokenwire_aborts", description="Engine requests aborted, by reason"
+        )
+        self.tokens = meter.create_counter(
+            "tokenwire_tokens", description="Prompt and completion tokens"
+        )
+        self.queue_depth = meter.create_up_down_counter(
+            "tokenwire_queue_depth", description="Requests admitted but waiting for an engine slot"
+        )
+
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(in_flight())
+
+        meter.create_observable_gauge(
+            "tokenwire_engine_requests_in_flight",
+            callbacks=[observe],
+            description="Engine requests submitted and not yet finished or aborted",
+        )
+        self.ttft = meter.create_histogram(
+            "gen_ai.server.time_to_first_token", unit="s", description="Time to first token"
+        )
+        self.tpot = meter.create_histogram(
+            "gen_ai.server.time_per_output_token",
+            unit="s",
+            description="Time per output token after the first",
+        )
+        self.duration = meter.create_histogram(
+            "gen_ai.server.request.duration", unit="s", description="Request duration"
+        )
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def request_done(self, method: str, code: str) -> None:
+        self.requests.add(1, {"method": method, "code": code})
+
+    def aborted(self, reason: AbortReason) -> None:
+        self.aborts.add(1, {"reason": reason})
+
+    def generation_done(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        ttft_s: float | None,
+        duration_s: float,
+    ) -> None:
+        """Once per engine request, at its end, whatever the ending."""
+        self.tokens.add(prompt_tokens, {"kind": "prompt"})
+        self.tokens.add(completion_tokens, {"kind": "completion"})
+        self.duration.record(duration_s, self._attrs)
+        if ttft_s is not None:
+            self.ttft.record(ttft_s, self._attrs)
+            if completion_tokens > 1:
+                self.tpot.record((duration_s - ttft_s) / (completion_tokens - 1), self._attrs)
+
+    def text(self) -> bytes:
+        """The Prometheus exposition, as /metrics serves it."""
+        return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics over HTTP in a daemon thread; returns the bound port."""
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self._provider.shutdown()
