@@ -15,6 +15,16 @@ from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 from .helpers import ServerProcess, start_server_process
 
 
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No TOKENWIRE_* setting from the developer's shell leaks into a test."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("TOKENWIRE_"):
+            monkeypatch.delenv(name)
+
+
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     # The server runs on uvloop in production; test on it too.
     return {"uvloop": uvloop.new_event_loop}
@@ -71,3 +81,21 @@ async def channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture
 def stub(channel: grpc.aio.Channel) -> pb_grpc.GenerationServiceStub:
     return pb_grpc.GenerationServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
+StubFactory = Callable[[Server], Awaitable[pb_grpc.GenerationServiceStub]]
+
+
+@pytest.fixture
+async def stub_for() -> AsyncIterator[StubFactory]:
+    """A stub on its own channel to a given server: ``stub = await stub_for(server)``."""
+    channels: list[grpc.aio.Channel] = []
+
+    async def make(server: Server) -> pb_grpc.GenerationServiceStub:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        channels.append(channel)
+        return pb_grpc.GenerationServiceStub(channel)  # type: ignore[no-untyped-call]
+
+    yield make
+    for channel in channels:
+        await channel.close()

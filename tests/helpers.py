@@ -60,9 +60,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: floa
 
 
 async def async_wait_for(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, interval: float = 0.005
+    predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0, interval: float = 0.005
 ) -> None:
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` (sync or async) until true; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while True:
         result = predicate()
         if not isinstance(result, bool):
@@ -70,7 +71,7 @@ async def async_wait_for(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
 
 

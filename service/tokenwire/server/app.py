@@ -22,6 +22,7 @@ from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from .convert import Limits
 from .engines import Engine, create_engine
+from .interceptors import MalformedRequests
 from .servicer import GenerationServicer
 from .settings import Settings
 from .telemetry import Metrics
@@ -62,7 +63,9 @@ class Server:
         self.metrics = Metrics(model.name, model.engine, self.engine.in_flight)
         self.servicer = GenerationServicer(self.engine, self.metrics, limits_from(settings))
         self.health = health_aio.HealthServicer()
-        self._server = grpc.aio.server(options=_CHANNEL_OPTIONS)
+        self._server = grpc.aio.server(
+            interceptors=(MalformedRequests(),), options=_CHANNEL_OPTIONS
+        )
         self.port = 0
         self.metrics_port = 0
 

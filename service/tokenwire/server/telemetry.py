@@ -20,7 +20,8 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
-AbortReason = str  # "cancelled" | "deadline" | "shutdown" | "stalled" | "error"
+AbortReason = str  # one of ABORT_REASONS
+ABORT_REASONS = ("cancelled", "deadline", "shutdown", "stalled", "error")
 
 # Seconds; LLM latencies span milliseconds (a token) to minutes (a long answer).
 _LATENCY_BUCKETS = (
@@ -61,6 +62,13 @@ class Metrics:
         self.queue_depth = meter.create_up_down_counter(
             "tokenwire_queue_depth", description="Requests admitted but waiting for an engine slot"
         )
+
+        # Series exist from the start at 0, so rates and alerts work before the first event.
+        for reason in ABORT_REASONS:
+            self.aborts.add(0, {"reason": reason})
+        for kind in ("prompt", "completion"):
+            self.tokens.add(0, {"kind": kind})
+        self.queue_depth.add(0)
 
         def observe(_: CallbackOptions) -> Iterable[Observation]:
             yield Observation(in_flight())

@@ -1,0 +1,90 @@
+"""Server interceptors: cross-cutting checks applied to every method of every service.
+
+``MalformedRequests``: a request body that does not parse as the method's message
+type is answered INVALID_ARGUMENT at once. Left to grpc, it becomes UNKNOWN with a
+traceback in the log for every such request (an easy way to flood logs).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+
+class _Malformed:
+    """Stands in for a request body that did not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as error:
+            return _Malformed(error)
+
+    return parse
+
+
+async def _refuse(context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT, f"request body is not a valid message for {method}"
+    )
+
+
+class MalformedRequests(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        method = handler_call_details.method
+        deserializer = _lenient(handler.request_deserializer)
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if isinstance(request, _Malformed):
+                    await _refuse(context, method)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, deserializer, handler.response_serializer
+            )
+        stream = handler.unary_stream
+        if inspect.isasyncgenfunction(stream):
+
+            async def unary_stream_gen(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                if isinstance(request, _Malformed):
+                    await _refuse(context, method)
+                async for response in stream(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream_gen, deserializer, handler.response_serializer
+            )
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Malformed):
+                await _refuse(context, method)
+            return await stream(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, deserializer, handler.response_serializer
+        )

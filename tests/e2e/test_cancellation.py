@@ -1,0 +1,141 @@
+"""Every way a client can leave frees the engine request at once, and metrics prove it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import grpc
+import pytest
+from tokenwire.server.app import Server
+from tokenwire.v1 import generation_pb2 as pb
+
+from ..helpers import async_wait_for, metric_value, sample, wait_for
+
+LONG = pb.GenerateRequest(
+    prompt="go on forever", stopping=pb.StoppingOptions(max_tokens=5000, ignore_eos=True)
+)
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    return sample(server.metrics.text().decode(), name, labels)
+
+
+async def test_many_concurrent_cancels_free_every_engine_request(make_server, stub_for):
+    server = await make_server(sim_ttft_ms=1, sim_itl_ms=10)
+    stub = await stub_for(server)
+    calls = [stub.Generate(LONG) for _ in range(100)]
+    for call in calls:  # each stream is mid-way: it has produced tokens
+        assert (await call.read()).token_ids
+    assert metric(server, "tokenwire_engine_requests_in_flight") == 100
+    assert metric(server, "tokenwire_streams_active") == 100
+    for call in calls:
+        call.cancel()
+    await async_wait_for(lambda: server.engine.in_flight() == 0, within=5)
+    await async_wait_for(
+        lambda: metric(server, "tokenwire_aborts_total", reason="cancelled") == 100
+    )
+    assert metric(server, "tokenwire_engine_requests_in_flight") == 0
+    await async_wait_for(lambda: metric(server, "tokenwire_streams_active") == 0)
+    assert metric(server, "tokenwire_requests_total", method="Generate", code="CANCELLED") == 100
+    assert not server.servicer._live
+
+
+@pytest.mark.parametrize("method", ["Generate", "Complete"])
+async def test_expired_deadlines_abort_with_reason_deadline(make_server, stub_for, method):
+    server = await make_server(sim_ttft_ms=1, sim_itl_ms=10)
+    stub = await stub_for(server)
+
+    async def run() -> grpc.StatusCode:
+        try:
+            if method == "Generate":
+                async for _ in stub.Generate(LONG, timeout=0.3):
+                    pass
+            else:
+                await stub.Complete(LONG, timeout=0.3)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    codes = await asyncio.gather(*(run() for _ in range(20)))
+    assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+    await async_wait_for(lambda: server.engine.in_flight() == 0)
+    await async_wait_for(lambda: metric(server, "tokenwire_aborts_total", reason="deadline") == 20)
+    assert metric(server, "tokenwire_aborts_total", reason="cancelled") == 0
+    assert metric(server, "tokenwire_requests_total", method=method, code="DEADLINE_EXCEEDED") == 20
+
+
+async def test_cancelled_complete_aborts(make_server, stub_for):
+    server = await make_server(sim_ttft_ms=1, sim_itl_ms=10)
+    stub = await stub_for(server)
+    call = stub.Complete(LONG)
+    await async_wait_for(lambda: server.engine.in_flight() == 1)
+    call.cancel()
+    await async_wait_for(lambda: server.engine.in_flight() == 0)
+    await async_wait_for(lambda: metric(server, "tokenwire_aborts_total", reason="cancelled") == 1)
+
+
+async def test_finished_requests_are_not_counted_as_aborts(stub, server):
+    req = pb.GenerateRequest(prompt="x", stopping=pb.StoppingOptions(max_tokens=5))
+    for _ in range(5):
+        [m async for m in stub.Generate(req)]
+        await stub.Complete(req)
+    assert server.engine.in_flight() == 0
+    assert metric(server, "tokenwire_aborts_total") == 0
+    assert metric(server, "tokenwire_requests_total", method="Generate", code="OK") == 5
+    assert metric(server, "tokenwire_tokens_total", kind="completion") == 50
+
+
+async def test_duplicate_live_request_id_is_refused(make_server, stub_for):
+    server = await make_server(sim_ttft_ms=1, sim_itl_ms=10)
+    stub = await stub_for(server)
+    live = stub.Generate(pb.GenerateRequest(request_id="dup", prompt="a", stopping=LONG.stopping))
+    await live.read()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Complete(pb.GenerateRequest(request_id="dup", prompt="b"))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "dup" in (info.value.details() or "")
+    live.cancel()
+    await async_wait_for(lambda: server.engine.in_flight() == 0)
+    # Once the first is gone, the id is free again.
+    again = await stub.Complete(
+        pb.GenerateRequest(request_id="dup", prompt="b", stopping=pb.StoppingOptions(max_tokens=2))
+    )
+    assert again.request_id == "dup"
+
+
+CLIENT = textwrap.dedent(
+    """
+    import sys, grpc
+    from tokenwire.v1 import generation_pb2 as pb, generation_pb2_grpc as pb_grpc
+    stub = pb_grpc.GenerationServiceStub(grpc.insecure_channel(sys.argv[1]))
+    stopping = pb.StoppingOptions(max_tokens=5000, ignore_eos=True)
+    for msg in stub.Generate(pb.GenerateRequest(prompt="x", stopping=stopping)):
+        print("token", flush=True)
+    """
+)
+
+
+def test_killed_client_process_frees_its_request(slow_sim_server):
+    url = slow_sim_server.metrics_url
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, slow_sim_server.target], stdout=subprocess.PIPE, text=True
+    )
+    assert client.stdout is not None
+    try:
+        assert client.stdout.readline() == "token\n"  # mid-stream
+        wait_for(lambda: metric_value(url, "tokenwire_engine_requests_in_flight") == 1)
+        os.kill(client.pid, signal.SIGKILL)  # no goodbye: the connection just drops
+        client.wait(10)
+    finally:
+        client.stdout.close()
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+    wait_for(lambda: metric_value(url, "tokenwire_engine_requests_in_flight") == 0, timeout=10)
+    assert metric_value(url, "tokenwire_aborts_total", {"reason": "cancelled"}) == 1
+    assert metric_value(url, "tokenwire_streams_active") == 0
