@@ -25,7 +25,9 @@ test: $(STAMP) $(NODE_STAMP) proto-check lint typecheck buf-lint pytest
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos \
-		--grpc_python_out=protos $(PROTO_SRC)
+		--grpc_python_out=protos \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=protos \
+		$(PROTO_SRC)
 
 # Regenerates the code and fails when it differs from what is committed.
 proto-check: proto

@@ -80,7 +80,7 @@ async def channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:
 
 @pytest.fixture
 def stub(channel: grpc.aio.Channel) -> pb_grpc.GenerationServiceStub:
-    return pb_grpc.GenerationServiceStub(channel)  # type: ignore[no-untyped-call]
+    return pb_grpc.GenerationServiceStub(channel)
 
 
 StubFactory = Callable[[Server], Awaitable[pb_grpc.GenerationServiceStub]]
@@ -94,7 +94,7 @@ async def stub_for() -> AsyncIterator[StubFactory]:
     async def make(server: Server) -> pb_grpc.GenerationServiceStub:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         channels.append(channel)
-        return pb_grpc.GenerationServiceStub(channel)  # type: ignore[no-untyped-call]
+        return pb_grpc.GenerationServiceStub(channel)
 
     yield make
     for channel in channels:

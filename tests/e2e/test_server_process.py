@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from typing import Any
 
 import grpc
 import pytest
@@ -96,7 +97,7 @@ def test_signal_drains_then_aborts_live_streams_and_exits_zero(sig):
             lambda: metric_value(server.metrics_url, "tokenwire_engine_requests_in_flight") == 1
         )
         server.process.send_signal(sig)
-        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.target))
+        health: Any = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.target))
 
         def not_serving() -> bool:
             try:

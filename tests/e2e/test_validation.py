@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -167,7 +169,7 @@ async def test_bad_requests_get_a_status_naming_the_field(small_server, stub_for
         if field is None:
             continue
         assert field in (error.details() or ""), name
-        status = rpc_status.from_call(call_like(error))
+        status = rpc_status.from_call(call_like(error))  # type: ignore[arg-type]
         assert status is not None, name
         bad = error_details_pb2.BadRequest()
         assert status.details[0].Unpack(bad), name
@@ -184,9 +186,11 @@ async def test_bad_requests_get_a_status_naming_the_field(small_server, stub_for
     )
     ok = await stub.Complete(gen(stopping=OK_STOP))
     assert ok.usage.completion_tokens > 0
-    health = health_pb2_grpc.HealthStub(grpc.aio.insecure_channel(f"127.0.0.1:{small_server.port}"))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{small_server.port}")
+    health: Any = health_pb2_grpc.HealthStub(channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    await channel.close()
 
 
 class call_like:  # noqa: N801 - adapts an AioRpcError to what rpc_status.from_call reads

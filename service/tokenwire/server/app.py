@@ -72,8 +72,7 @@ class Server:
     async def start(self) -> None:
         s = self.settings
         await self.engine.start()
-        # The generated registration function carries no annotations.
-        pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self._server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if s.reflection:
             names = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)

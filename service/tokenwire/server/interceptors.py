@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -46,16 +46,20 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any], method: str) -> N
 class MalformedRequests(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
         method = handler_call_details.method
         deserializer = _lenient(handler.request_deserializer)
+        # On a grpc.aio server the behaviours are coroutine functions (or async
+        # generator functions), which grpc's stubs type as plain callables.
         if handler.unary_unary is not None:
-            unary = handler.unary_unary
+            unary = cast(Any, handler.unary_unary)
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 if isinstance(request, _Malformed):
@@ -65,7 +69,7 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, deserializer, handler.response_serializer
             )
-        stream = handler.unary_stream
+        stream = cast(Any, handler.unary_stream)
         if inspect.isasyncgenfunction(stream):
 
             async def unary_stream_gen(

@@ -40,7 +40,11 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self._live: set[str] = set()  # request ids of live generations
         self.draining = False  # set on shutdown: cancellations then count as "shutdown"
 
-    async def Generate(  # noqa: N802 - gRPC method name
+    # The write() form, not an async generator: a cancel lands in this coroutine's
+    # own await, so the abort in ``_generation``'s finally runs at that moment,
+    # rather than whenever grpc gets round to closing a suspended generator.
+    # The generated stubs only know the generator form.
+    async def Generate(  # type: ignore[override]  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest, context: Context
     ) -> None:
         async with self._rpc("Generate", context), self._generation(request, context) as run:
