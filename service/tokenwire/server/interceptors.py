@@ -8,8 +8,8 @@ traceback in the log for every such request (an easy way to flood logs).
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -43,6 +43,26 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any], method: str) -> N
     )
 
 
+def _guard(behaviour: Any, method: str) -> Any:
+    """Wrap a handler so that a malformed request is refused before it runs."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Malformed):
+                await _refuse(context, method)
+            async for response in behaviour(request, context):
+                yield response
+
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Malformed):
+            await _refuse(context, method)
+        return await behaviour(request, context)
+
+    return call
+
+
 class MalformedRequests(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
@@ -59,36 +79,9 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
         # On a grpc.aio server the behaviours are coroutine functions (or async
         # generator functions), which grpc's stubs type as plain callables.
         if handler.unary_unary is not None:
-            unary = cast(Any, handler.unary_unary)
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                if isinstance(request, _Malformed):
-                    await _refuse(context, method)
-                return await unary(request, context)
-
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, deserializer, handler.response_serializer
+                _guard(handler.unary_unary, method), deserializer, handler.response_serializer
             )
-        stream = cast(Any, handler.unary_stream)
-        if inspect.isasyncgenfunction(stream):
-
-            async def unary_stream_gen(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                if isinstance(request, _Malformed):
-                    await _refuse(context, method)
-                async for response in stream(request, context):
-                    yield response
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream_gen, deserializer, handler.response_serializer
-            )
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if isinstance(request, _Malformed):
-                await _refuse(context, method)
-            return await stream(request, context)
-
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream, deserializer, handler.response_serializer
+            _guard(handler.unary_stream, method), deserializer, handler.response_serializer
         )
