@@ -35,6 +35,7 @@ def test_list_services(sim_server):
         "tokenwire.v1.GenerationService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
     }
 
 

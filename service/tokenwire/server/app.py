@@ -16,10 +16,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
+from . import reflection
 from .convert import Limits
 from .engines import Engine, create_engine
 from .interceptors import MalformedRequests
@@ -75,8 +75,7 @@ class Server:
         pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if s.reflection:
-            names = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self._server)
+            reflection.enable((SERVICE_NAME, HEALTH_SERVICE_NAME), self._server)
         self.port = self._server.add_insecure_port(f"{_host(s.host)}:{s.port}")
         if self.port == 0:
             raise OSError(f"could not bind {s.host}:{s.port}")
