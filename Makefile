@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	@# npm install, not npm ci: the registry mirror carries only the linux builds of
+	@# buf's optional per-platform packages, which npm ci's lock check rejects.
+	npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 
 serve: $(STAMP)
