@@ -30,6 +30,22 @@ class Settings(BaseSettings):
         "tokenwire-sim",
         description="Model path or name; for the simulated engine any name.",
     )
+    tokenizer: str | None = Field(
+        None, description="Tokenizer path or name, when not the model's own."
+    )
+    trust_remote_code: bool = Field(False, description="Allow the model's own Python code.")
+    dtype: str = Field("auto", description="Weights and activations dtype (auto, float16, ...).")
+    device: str = Field("auto", description="transformers engine: auto, cpu, cuda or cuda:N.")
+    tensor_parallel_size: int = Field(1, ge=1, description="TensorRT-LLM: GPUs per model.")
+    trtllm_backend: Literal["pytorch", "tensorrt"] = Field(
+        "pytorch", description="TensorRT-LLM: PyTorch backend, or prebuilt TensorRT engines."
+    )
+    kv_cache_memory_fraction: float | None = Field(
+        None, gt=0, le=1, description="TensorRT-LLM: share of free GPU memory for the KV cache."
+    )
+    max_batch_size: int | None = Field(None, ge=1, description="Engine: most sequences per step.")
+    max_seq_len: int | None = Field(None, ge=1, description="Engine: longest prompt + output.")
+    max_num_tokens: int | None = Field(None, ge=1, description="Engine: most tokens per step.")
     sim_ttft_ms: float = Field(
         30.0, ge=0, description="Simulated engine: time to first token in ms (0 = at once)."
     )
