@@ -5,13 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 PROTO_SRC := protos/tokenwire/v1/generation.proto
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: serve test lint typecheck proto proto-check buf-lint pytest clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# The CPU build of torch first, so that the transformers extra does not pull
+	@# the newest CUDA build (several GB) for the tests' tiny model.
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[dev,transformers]'
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json

@@ -20,6 +20,7 @@ from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from . import reflection
+from .admission import Admission
 from .convert import Limits
 from .engines import Engine, create_engine
 from .interceptors import MalformedRequests
@@ -60,8 +61,16 @@ class Server:
         self.settings = settings
         self.engine = engine if engine is not None else create_engine(settings)
         model = self.engine.description
-        self.metrics = Metrics(model.name, model.engine, self.engine.in_flight)
-        self.servicer = GenerationServicer(self.engine, self.metrics, limits_from(settings))
+        self.admission = Admission(settings.max_concurrent_requests, settings.max_queue)
+        self.metrics = Metrics(
+            model.name,
+            model.engine,
+            in_flight=self.engine.in_flight,
+            queue_depth=lambda: self.admission.queue_depth,
+        )
+        self.servicer = GenerationServicer(
+            self.engine, self.metrics, limits_from(settings), self.admission
+        )
         self.health = health_aio.HealthServicer()
         self._server = grpc.aio.server(
             interceptors=(MalformedRequests(),), options=_CHANNEL_OPTIONS

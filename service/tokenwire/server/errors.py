@@ -7,6 +7,7 @@ Error tree::
     ├── ModelNotFound             NOT_FOUND
     ├── DuplicateRequestId        ALREADY_EXISTS
     ├── Overloaded                RESOURCE_EXHAUSTED, google.rpc.RetryInfo
+    ├── DeadlineTooShort          DEADLINE_EXCEEDED, refused before using the engine
     └── Draining                  UNAVAILABLE
     EngineError                   (engines/base.py)
     ├── EngineUnavailable         UNAVAILABLE
@@ -60,6 +61,10 @@ class Overloaded(ServiceError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class DeadlineTooShort(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Draining(ServiceError):

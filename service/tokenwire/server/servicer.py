@@ -20,6 +20,7 @@ from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from . import convert, streaming
+from .admission import Admission
 from .convert import Limits, RequestPlan
 from .engines.base import Engine, GenerationHandle
 from .errors import DuplicateRequestId, to_status
@@ -33,10 +34,13 @@ DEADLINE_SLACK_S = 0.05
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(self, engine: Engine, metrics: Metrics, limits: Limits) -> None:
+    def __init__(
+        self, engine: Engine, metrics: Metrics, limits: Limits, admission: Admission
+    ) -> None:
         self._engine = engine
         self._metrics = metrics
         self._limits = limits
+        self._admission = admission
         self._live: set[str] = set()  # request ids of live generations
         self.draining = False  # set on shutdown: cancellations then count as "shutdown"
 
@@ -143,12 +147,16 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self._metrics.streams_active.add(1)
         handle: GenerationHandle | None = None
         progress = streaming.Progress(started, plan.template.sampling.n)
+        admitted_at: float | None = None
         try:
             prompt_ids = plan.token_ids
             if plan.prompt is not None:
                 prompt_ids = tuple(await engine.tokenize(plan.prompt))
             progress.prompt_tokens = len(prompt_ids)
-            handle = engine.submit(plan.generation(prompt_ids, engine.description, self._limits))
+            generation = plan.generation(prompt_ids, engine.description, self._limits)
+            progress.queue_s = await self._admission.acquire(context.time_remaining())
+            admitted_at = time.perf_counter()
+            handle = engine.submit(generation)
             yield plan, handle, progress
         except BaseException as error:
             if handle is not None and not handle.finished:
@@ -158,6 +166,13 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         finally:
             self._live.discard(plan.request_id)
             self._metrics.streams_active.add(-1)
+            if admitted_at is not None:
+                self._admission.release()
+                first = progress.first_token_at
+                self._admission.observe(
+                    time.perf_counter() - admitted_at,
+                    None if first is None else first - admitted_at,
+                )
             if handle is not None:
                 if not handle.finished:  # the consumer stopped early without an error
                     handle.abort()
@@ -196,4 +211,4 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         ttft = (
             None if progress.first_token_at is None else progress.first_token_at - progress.started
         )
-        return convert.timing(0.0, ttft, now - progress.started)
+        return convert.timing(progress.queue_s, ttft, now - progress.started)

@@ -34,11 +34,12 @@ class Progress:
     whole milliseconds, too coarse for latency figures.
     """
 
-    __slots__ = ("counts", "first_token_at", "prompt_tokens", "remaining", "started")
+    __slots__ = ("counts", "first_token_at", "prompt_tokens", "queue_s", "remaining", "started")
 
     def __init__(self, started: float, n: int) -> None:
         self.started = started
         self.prompt_tokens = 0
+        self.queue_s = 0.0
         self.first_token_at: float | None = None
         self.counts = [0] * n
         self.remaining = n

@@ -33,7 +33,13 @@ _LATENCY_BUCKETS = (
 class Metrics:
     """The server's instruments (names in shared/CONTRACT.md)."""
 
-    def __init__(self, model: str, engine: str, in_flight: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        model: str,
+        engine: str,
+        in_flight: Callable[[], int],
+        queue_depth: Callable[[], int],
+    ) -> None:
         self.registry = CollectorRegistry()
         reader = PrometheusMetricReader(
             registry=self.registry, disable_target_info=True, scope_info_enabled=False
@@ -59,24 +65,29 @@ class Metrics:
         self.tokens = meter.create_counter(
             "tokenwire_tokens", description="Prompt and completion tokens"
         )
-        self.queue_depth = meter.create_up_down_counter(
-            "tokenwire_queue_depth", description="Requests admitted but waiting for an engine slot"
-        )
 
         # Series exist from the start at 0, so rates and alerts work before the first event.
         for reason in ABORT_REASONS:
             self.aborts.add(0, {"reason": reason})
         for kind in ("prompt", "completion"):
             self.tokens.add(0, {"kind": kind})
-        self.queue_depth.add(0)
 
-        def observe(_: CallbackOptions) -> Iterable[Observation]:
-            yield Observation(in_flight())
+        # Read when Prometheus scrapes, never on the request path.
+        def gauge(read: Callable[[], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            def observe(_: CallbackOptions) -> Iterable[Observation]:
+                yield Observation(read())
+
+            return observe
 
         meter.create_observable_gauge(
             "tokenwire_engine_requests_in_flight",
-            callbacks=[observe],
+            callbacks=[gauge(in_flight)],
             description="Engine requests submitted and not yet finished or aborted",
+        )
+        meter.create_observable_gauge(
+            "tokenwire_queue_depth",
+            callbacks=[gauge(queue_depth)],
+            description="Requests admitted but waiting for an engine slot",
         )
         self.ttft = meter.create_histogram(
             "gen_ai.server.time_to_first_token", unit="s", description="Time to first token"

@@ -25,6 +25,12 @@ def create_engine(settings: Settings) -> Engine:
                 max_context_length=settings.sim_max_context,
             )
         )
-    raise EngineUnavailable(
-        f"engine {settings.engine!r} is not available in this build yet; use --engine simulated"
-    )
+    if settings.engine == "transformers":
+        from .transformers import TransformersEngine
+
+        return TransformersEngine.from_settings(settings)
+    if settings.engine == "tensorrt-llm":
+        from .tensorrt_llm import TensorRTLLMEngine
+
+        return TensorRTLLMEngine.from_settings(settings)
+    raise EngineUnavailable(f"unknown engine {settings.engine!r}")
