@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 import uvloop
+
 from tokenwire.server.app import Server
 from tokenwire.server.settings import Settings
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc

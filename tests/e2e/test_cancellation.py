@@ -11,6 +11,7 @@ import textwrap
 
 import grpc
 import pytest
+
 from tokenwire.server.app import Server
 from tokenwire.v1 import generation_pb2 as pb
 

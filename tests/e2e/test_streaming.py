@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from tokenwire.server.engines.simtok import SimTokenizer
 from tokenwire.v1 import generation_pb2 as pb
 

@@ -9,6 +9,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+
 from tokenwire.v1 import generation_pb2 as pb
 
 from .test_cancellation import metric

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from tokenwire.server.engines.text import StopStrings, Utf8Deltas
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from google.protobuf.message import Message
+
 from tokenwire.v1 import generation_pb2 as pb
 
 from .engines.base import (
