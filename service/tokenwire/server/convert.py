@@ -342,6 +342,23 @@ def timing(queue_s: float, ttft_s: float | None, total_s: float) -> pb.Timing:
     )
 
 
+def receipt(
+    prompt_tokens: int,
+    completion_tokens: int,
+    finishes: Sequence[str | None],
+    abort_reason: str | None,
+) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata on every ending of a generation, so that gateways can bill
+    and debug a call (an aborted one too) without reading its messages."""
+    finish = "aborted" if abort_reason else ",".join(f or "none" for f in finishes)
+    md = (
+        ("tokenwire-prompt-tokens", str(prompt_tokens)),
+        ("tokenwire-completion-tokens", str(completion_tokens)),
+        ("tokenwire-finish", finish),
+    )
+    return (*md, ("tokenwire-abort-reason", abort_reason)) if abort_reason else md
+
+
 def model_info(model: ModelDescription, limits: Limits) -> pb.ModelInfo:
     return pb.ModelInfo(
         model=model.name,

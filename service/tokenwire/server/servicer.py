@@ -34,6 +34,21 @@ Context = grpc.aio.ServicerContext[object, object]
 DEADLINE_SLACK_S = 0.05
 
 
+class _Call:
+    """One RPC's bookkeeping: the generation's progress, for the usage receipt."""
+
+    __slots__ = ("progress",)
+
+    def __init__(self) -> None:
+        self.progress: streaming.Progress | None = None
+
+    def receipt(self) -> tuple[tuple[str, str], ...]:
+        p = self.progress
+        if p is None:
+            return ()
+        return convert.receipt(p.prompt_tokens, p.completion_tokens, p.finishes, p.abort_reason)
+
+
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
     def __init__(
         self, engine: Engine, metrics: Metrics, limits: Limits, admission: Admission
@@ -52,7 +67,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def Generate(  # type: ignore[override]  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest, context: Context
     ) -> None:
-        async with self._rpc("Generate", context), self._generation(request, context) as run:
+        async with (
+            self._rpc("Generate", context) as call,
+            self._generation(request, context, call) as run,
+        ):
             plan, handle, progress = run
 
             def finalize(msg: pb.GenerateResponse) -> None:
@@ -67,7 +85,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def Complete(  # noqa: N802
         self, request: pb.GenerateRequest, context: Context
     ) -> pb.CompleteResponse:
-        async with self._rpc("Complete", context), self._generation(request, context) as run:
+        async with (
+            self._rpc("Complete", context) as call,
+            self._generation(request, context, call) as run,
+        ):
             plan, handle, progress = run
             n = len(progress.counts)
             texts: list[list[str]] = [[] for _ in range(n)]
@@ -117,26 +138,30 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         raise AssertionError("unreachable")
 
     @asynccontextmanager
-    async def _rpc(self, method: str, context: Context) -> AsyncIterator[None]:
-        """Map errors to a status, and count every ending by its code."""
+    async def _rpc(self, method: str, context: Context) -> AsyncIterator[_Call]:
+        """Map errors to a status, send the usage receipt, count every ending by its code."""
         code = grpc.StatusCode.OK
+        call = _Call()
         try:
-            yield
+            yield call
+            context.set_trailing_metadata(call.receipt())
         except asyncio.CancelledError:
             code = self._cancel_code(context)
+            context.set_trailing_metadata(call.receipt())
             raise
         except Exception as error:
             status = to_status(error)
             code = status.code
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method)
-            await context.abort(status.code, status.message, status.trailing_metadata)
+            metadata = status.trailing_metadata + call.receipt()
+            await context.abort(status.code, status.message, metadata)
         finally:
             self._metrics.request_done(method, code.name)
 
     @asynccontextmanager
     async def _generation(
-        self, request: pb.GenerateRequest, context: Context
+        self, request: pb.GenerateRequest, context: Context, call: _Call
     ) -> AsyncIterator[tuple[RequestPlan, GenerationHandle, streaming.Progress]]:
         """Submit the request; on the way out, abort it unless the engine finished it."""
         started = time.perf_counter()
@@ -147,7 +172,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self._live.add(plan.request_id)
         self._metrics.streams_active.add(1)
         handle: GenerationHandle | None = None
-        progress = streaming.Progress(started, plan.template.sampling.n)
+        progress = call.progress = streaming.Progress(started, plan.template.sampling.n)
         admitted_at: float | None = None
         try:
             prompt_ids = plan.token_ids
@@ -162,7 +187,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         except BaseException as error:
             if handle is not None and not handle.finished:
                 handle.abort()
-                self._metrics.aborted(self._abort_reason(error, context))
+                progress.abort_reason = self._abort_reason(error, context)
+                self._metrics.aborted(progress.abort_reason)
             raise
         finally:
             self._live.discard(plan.request_id)
@@ -177,6 +203,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             if handle is not None:
                 if not handle.finished:  # the consumer stopped early without an error
                     handle.abort()
+                    progress.abort_reason = "error"
                     self._metrics.aborted("error")
                 ttft = (
                     None if progress.first_token_at is None else progress.first_token_at - started

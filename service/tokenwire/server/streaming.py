@@ -34,7 +34,16 @@ class Progress:
     whole milliseconds, too coarse for latency figures.
     """
 
-    __slots__ = ("counts", "first_token_at", "prompt_tokens", "queue_s", "remaining", "started")
+    __slots__ = (
+        "abort_reason",
+        "counts",
+        "finishes",
+        "first_token_at",
+        "prompt_tokens",
+        "queue_s",
+        "remaining",
+        "started",
+    )
 
     def __init__(self, started: float, n: int) -> None:
         self.started = started
@@ -42,7 +51,9 @@ class Progress:
         self.queue_s = 0.0
         self.first_token_at: float | None = None
         self.counts = [0] * n
+        self.finishes: list[str | None] = [None] * n
         self.remaining = n
+        self.abort_reason: str | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -56,6 +67,7 @@ class Progress:
                 if self.first_token_at is None:
                     self.first_token_at = time.perf_counter()
             if d.finish_reason is not None:
+                self.finishes[d.index] = d.finish_reason
                 self.remaining -= 1
 
 
