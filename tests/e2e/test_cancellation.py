@@ -43,7 +43,7 @@ async def test_many_concurrent_cancels_free_every_engine_request(make_server, st
     assert metric(server, "tokenwire_engine_requests_in_flight") == 0
     await async_wait_for(lambda: metric(server, "tokenwire_streams_active") == 0)
     assert metric(server, "tokenwire_requests_total", method="Generate", code="CANCELLED") == 100
-    assert not server.servicer._live
+    assert not server.calls.live
 
 
 @pytest.mark.parametrize("method", ["Generate", "Complete"])

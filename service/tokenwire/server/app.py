@@ -22,12 +22,14 @@ from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from . import reflection
 from .admission import Admission
+from .calls import Calls
 from .convert import Limits
 from .engines import Engine, create_engine
 from .interceptors import MalformedRequests
 from .servicer import GenerationServicer
 from .settings import Settings
 from .telemetry import Metrics
+from .watchdog import Watchdog
 
 log = logging.getLogger("tokenwire.server")
 
@@ -69,9 +71,11 @@ class Server:
             in_flight=self.engine.in_flight,
             queue_depth=lambda: self.admission.queue_depth,
         )
-        self.servicer = GenerationServicer(
-            self.engine, self.metrics, limits_from(settings), self.admission
+        self.watchdog = Watchdog(settings.stall_timeout_s, settings.engine_stall_timeout_s)
+        self.calls = Calls(
+            self.engine, self.metrics, limits_from(settings), self.admission, self.watchdog
         )
+        self.servicer = GenerationServicer(self.calls)
         self.health = health_aio.HealthServicer()
         self._server = grpc.aio.server(
             interceptors=(MalformedRequests(),), options=_CHANNEL_OPTIONS
@@ -90,6 +94,7 @@ class Server:
         if self.port == 0:
             raise OSError(f"could not bind {s.host}:{s.port}")
         await self._server.start()
+        self.watchdog.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port:
@@ -109,9 +114,10 @@ class Server:
         """Drain: NOT_SERVING at once, refuse new calls, let live ones run up to
         ``grace`` seconds (default: settings), abort the rest, close the engine."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        self.servicer.draining = True
+        self.calls.draining = True
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        await self.watchdog.stop()
         await self.engine.close()
         self.metrics.close()
 

@@ -8,9 +8,11 @@ Error tree::
     ├── DuplicateRequestId        ALREADY_EXISTS
     ├── Overloaded                RESOURCE_EXHAUSTED, google.rpc.RetryInfo
     ├── DeadlineTooShort          DEADLINE_EXCEEDED, refused before using the engine
+    ├── ReaderStalled             RESOURCE_EXHAUSTED: the client stopped reading
     └── Draining                  UNAVAILABLE
     EngineError                   (engines/base.py)
     ├── EngineUnavailable         UNAVAILABLE
+    │   └── EngineStalled         (this module) the engine stopped advancing a request
     ├── RequestFailed             INTERNAL
     └── InvalidInput              INVALID_ARGUMENT, BadRequest naming the field
 
@@ -65,6 +67,14 @@ class Overloaded(ServiceError):
 
 class DeadlineTooShort(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ReaderStalled(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class EngineStalled(EngineUnavailable):
+    """The engine produced nothing for a request within the engine stall timeout."""
 
 
 class Draining(ServiceError):

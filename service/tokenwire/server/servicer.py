@@ -1,99 +1,65 @@
-"""GenerationService: validate, submit to the engine, stream, and always clean up.
-
-Every way a call can end goes through one ``finally``: a request the engine has
-not finished is aborted there, at once, and counted with its reason. grpc.aio
-turns a client cancel, a dropped connection and an expired deadline into
-``CancelledError`` in the handler; the reason is told apart by the deadline
-(an RPC cancelled within 50 ms of its deadline counts as expired).
-"""
+"""GenerationService: the four RPCs, on top of the call life cycle in ``calls.py``."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import grpc
 
 from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from . import convert, streaming
-from .admission import Admission
-from .convert import Limits, RequestPlan
-from .engines.base import Engine, GenerationHandle
-from .errors import DuplicateRequestId, to_status
-from .telemetry import Metrics
-
-log = logging.getLogger("tokenwire.server")
-
-Context = grpc.aio.ServicerContext[object, object]
-
-DEADLINE_SLACK_S = 0.05
-
-
-class _Call:
-    """One RPC's bookkeeping: the generation's progress, for the usage receipt."""
-
-    __slots__ = ("progress",)
-
-    def __init__(self) -> None:
-        self.progress: streaming.Progress | None = None
-
-    def receipt(self) -> tuple[tuple[str, str], ...]:
-        p = self.progress
-        if p is None:
-            return ()
-        return convert.receipt(p.prompt_tokens, p.completion_tokens, p.finishes, p.abort_reason)
+from .calls import Calls, Context
+from .engines.base import GenerationHandle
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
-    def __init__(
-        self, engine: Engine, metrics: Metrics, limits: Limits, admission: Admission
-    ) -> None:
-        self._engine = engine
-        self._metrics = metrics
-        self._limits = limits
-        self._admission = admission
-        self._live: set[str] = set()  # request ids of live generations
-        self.draining = False  # set on shutdown: cancellations then count as "shutdown"
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
 
     # The write() form, not an async generator: a cancel lands in this coroutine's
-    # own await, so the abort in ``_generation``'s finally runs at that moment,
-    # rather than whenever grpc gets round to closing a suspended generator.
-    # The generated stubs only know the generator form.
+    # own await, so the abort in ``Calls.generation`` runs at that moment, rather
+    # than whenever grpc gets round to closing a suspended generator. The
+    # generated stubs only know the generator form.
     async def Generate(  # type: ignore[override]  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest, context: Context
     ) -> None:
         async with (
-            self._rpc("Generate", context) as call,
-            self._generation(request, context, call) as run,
+            self.calls.rpc("Generate", context) as call,
+            self.calls.generation(request, context, call) as gen,
         ):
-            plan, handle, progress = run
+            handle, progress, watched = gen.handle, gen.progress, gen.watched
 
             def finalize(msg: pb.GenerateResponse) -> None:
-                msg.usage.CopyFrom(self._usage(handle, progress))
-                msg.timing.CopyFrom(self._timing(progress))
+                msg.usage.CopyFrom(_usage(handle, progress))
+                msg.timing.CopyFrom(_timing(progress))
 
             async for msg in streaming.responses(
-                handle, plan.request_id, plan.stream, progress, finalize
+                handle, gen.plan.request_id, gen.plan.stream, progress, finalize, watched
             ):
+                # While a write waits, flow control is holding us back: the
+                # watchdog gives up on a reader that stays stuck.
+                watched.write_since = time.monotonic()
                 await context.write(msg)
+                watched.write_since = None
 
     async def Complete(  # noqa: N802
         self, request: pb.GenerateRequest, context: Context
     ) -> pb.CompleteResponse:
         async with (
-            self._rpc("Complete", context) as call,
-            self._generation(request, context, call) as run,
+            self.calls.rpc("Complete", context) as call,
+            self.calls.generation(request, context, call) as gen,
         ):
-            plan, handle, progress = run
+            progress, watched = gen.progress, gen.watched
             n = len(progress.counts)
             texts: list[list[str]] = [[] for _ in range(n)]
             choices = [pb.Choice(index=i) for i in range(n)]
-            async for step in handle:
+            steps = aiter(gen.handle)
+            while True:
+                watched.engine_since = time.monotonic()
+                try:
+                    step = await anext(steps)
+                except StopAsyncIteration:
+                    break
                 progress.update(step)
                 for d in step:
                     choice = choices[d.index]
@@ -108,135 +74,45 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                         match = convert.stop_match(d.stop_match)
                         if match is not None:
                             choice.stop_match.CopyFrom(match)
+            watched.engine_since = None
             for choice, parts in zip(choices, texts, strict=True):
                 choice.text = "".join(parts)
             return pb.CompleteResponse(
-                request_id=plan.request_id,
+                request_id=gen.plan.request_id,
                 choices=choices,
-                usage=self._usage(handle, progress),
-                timing=self._timing(progress),
+                usage=_usage(gen.handle, progress),
+                timing=_timing(progress),
             )
-        raise AssertionError("unreachable: _rpc aborts the call on every error")
+        raise AssertionError("unreachable: Calls.rpc ends the call on every error")
 
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: Context
     ) -> pb.ModelInfo:
-        async with self._rpc("GetModelInfo", context):
-            return convert.model_info(self._engine.description, self._limits)
+        async with self.calls.rpc("GetModelInfo", context):
+            return convert.model_info(self.calls.engine.description, self.calls.limits)
         raise AssertionError("unreachable")
 
     async def Tokenize(  # noqa: N802
         self, request: pb.TokenizeRequest, context: Context
     ) -> pb.TokenizeResponse:
-        async with self._rpc("Tokenize", context):
+        async with self.calls.rpc("Tokenize", context):
             prompt = convert.tokenize_input(request)
             add_special = (
                 request.add_special_tokens if request.HasField("add_special_tokens") else True
             )
-            ids = await self._engine.tokenize(prompt, add_special_tokens=add_special)
-            return pb.TokenizeResponse(token_ids=ids, tokens=self._engine.token_strings(ids))
+            engine = self.calls.engine
+            ids = await engine.tokenize(prompt, add_special_tokens=add_special)
+            return pb.TokenizeResponse(token_ids=ids, tokens=engine.token_strings(ids))
         raise AssertionError("unreachable")
 
-    @asynccontextmanager
-    async def _rpc(self, method: str, context: Context) -> AsyncIterator[_Call]:
-        """Map errors to a status, send the usage receipt, count every ending by its code."""
-        code = grpc.StatusCode.OK
-        call = _Call()
-        try:
-            yield call
-            context.set_trailing_metadata(call.receipt())
-        except asyncio.CancelledError:
-            code = self._cancel_code(context)
-            context.set_trailing_metadata(call.receipt())
-            raise
-        except Exception as error:
-            status = to_status(error)
-            code = status.code
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method)
-            metadata = status.trailing_metadata + call.receipt()
-            await context.abort(status.code, status.message, metadata)
-        finally:
-            self._metrics.request_done(method, code.name)
 
-    @asynccontextmanager
-    async def _generation(
-        self, request: pb.GenerateRequest, context: Context, call: _Call
-    ) -> AsyncIterator[tuple[RequestPlan, GenerationHandle, streaming.Progress]]:
-        """Submit the request; on the way out, abort it unless the engine finished it."""
-        started = time.perf_counter()
-        engine = self._engine
-        plan = convert.plan_request(request, engine.description, self._limits)
-        if plan.request_id in self._live:
-            raise DuplicateRequestId(f"request_id {plan.request_id!r} is already in progress")
-        self._live.add(plan.request_id)
-        self._metrics.streams_active.add(1)
-        handle: GenerationHandle | None = None
-        progress = call.progress = streaming.Progress(started, plan.template.sampling.n)
-        admitted_at: float | None = None
-        try:
-            prompt_ids = plan.token_ids
-            if plan.prompt is not None:
-                prompt_ids = tuple(await engine.tokenize(plan.prompt))
-            progress.prompt_tokens = len(prompt_ids)
-            generation = plan.generation(prompt_ids, engine.description, self._limits)
-            progress.queue_s = await self._admission.acquire(context.time_remaining())
-            admitted_at = time.perf_counter()
-            handle = engine.submit(generation)
-            yield plan, handle, progress
-        except BaseException as error:
-            if handle is not None and not handle.finished:
-                handle.abort()
-                progress.abort_reason = self._abort_reason(error, context)
-                self._metrics.aborted(progress.abort_reason)
-            raise
-        finally:
-            self._live.discard(plan.request_id)
-            self._metrics.streams_active.add(-1)
-            if admitted_at is not None:
-                self._admission.release()
-                first = progress.first_token_at
-                self._admission.observe(
-                    time.perf_counter() - admitted_at,
-                    None if first is None else first - admitted_at,
-                )
-            if handle is not None:
-                if not handle.finished:  # the consumer stopped early without an error
-                    handle.abort()
-                    progress.abort_reason = "error"
-                    self._metrics.aborted("error")
-                ttft = (
-                    None if progress.first_token_at is None else progress.first_token_at - started
-                )
-                self._metrics.generation_done(
-                    progress.prompt_tokens,
-                    progress.completion_tokens,
-                    ttft,
-                    time.perf_counter() - started,
-                )
+def _usage(handle: GenerationHandle, progress: streaming.Progress) -> pb.Usage:
+    return convert.usage(
+        progress.prompt_tokens, progress.completion_tokens, handle.cached_prompt_tokens
+    )
 
-    def _abort_reason(self, error: BaseException, context: Context) -> str:
-        if isinstance(error, asyncio.CancelledError):
-            if self._cancel_code(context) is grpc.StatusCode.DEADLINE_EXCEEDED:
-                return "deadline"
-            return "shutdown" if self.draining else "cancelled"
-        return "error"
 
-    @staticmethod
-    def _cancel_code(context: Context) -> grpc.StatusCode:
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= DEADLINE_SLACK_S:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
-
-    def _usage(self, handle: GenerationHandle, progress: streaming.Progress) -> pb.Usage:
-        return convert.usage(
-            progress.prompt_tokens, progress.completion_tokens, handle.cached_prompt_tokens
-        )
-
-    def _timing(self, progress: streaming.Progress) -> pb.Timing:
-        now = time.perf_counter()
-        ttft = (
-            None if progress.first_token_at is None else progress.first_token_at - progress.started
-        )
-        return convert.timing(progress.queue_s, ttft, now - progress.started)
+def _timing(progress: streaming.Progress) -> pb.Timing:
+    first = progress.first_token_at
+    ttft = None if first is None else first - progress.started
+    return convert.timing(progress.queue_s, ttft, time.perf_counter() - progress.started)

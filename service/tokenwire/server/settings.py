@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     max_stop_string_length: int = Field(256, ge=1, description="Longest stop string, chars.")
     max_top_logprobs: int = Field(20, ge=0, description="Largest accepted top_logprobs.")
 
+    # Stalls.
+    stall_timeout_s: float = Field(
+        30.0, ge=0, description="Abort a stream whose client takes nothing this long; 0 = never."
+    )
+    engine_stall_timeout_s: float = Field(
+        120.0, ge=0, description="Abort a request the engine advances not this long; 0 = never."
+    )
+
     # Lifecycle and logs.
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long live streams may run on."

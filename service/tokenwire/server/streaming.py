@@ -25,6 +25,7 @@ from tokenwire.v1 import generation_pb2 as pb
 from . import convert
 from .convert import StreamPlan
 from .engines.base import GenerationHandle, SequenceDelta
+from .watchdog import Watched
 
 
 class Progress:
@@ -77,6 +78,7 @@ async def responses(
     plan: StreamPlan,
     progress: Progress,
     finalize: Callable[[pb.GenerateResponse], None],
+    watched: Watched,
 ) -> AsyncIterator[pb.GenerateResponse]:
     """Stream messages for ``handle``; ``finalize`` decorates the very last one."""
     loop = asyncio.get_running_loop()
@@ -87,6 +89,8 @@ async def responses(
     oldest: float | None = None  # when the oldest held token arrived
     while True:
         out: list[pb.GenerateResponse] = []
+        if watched.engine_since is None:
+            watched.engine_since = time.monotonic()
         try:
             if oldest is not None and plan.max_delay_s is not None:
                 wait = oldest + plan.max_delay_s - loop.time()
@@ -96,6 +100,7 @@ async def responses(
                     step = await anext(steps)
             else:
                 step = await anext(steps)
+            watched.engine_since = None
         except StopAsyncIteration:
             return
         except TimeoutError:

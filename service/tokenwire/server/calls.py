@@ -1,0 +1,196 @@
+"""The life of a call: from request to status, with the engine request always cleaned up.
+
+    async with calls.rpc("Generate", context) as call:             # status, receipt, metrics
+        async with calls.generation(request, context, call) as gen:  # admission, submit, abort
+            ...iterate gen.handle...
+
+Every way a call can end goes through ``generation``'s exit: a request the
+engine has not finished is aborted there, at once, and counted with its reason.
+grpc.aio turns a client cancel, a dropped connection and an expired deadline into
+``CancelledError`` in the handler; the reason is told apart by the deadline (an
+RPC cancelled within 50 ms of its deadline counts as expired). The watchdog
+cancels stalled streams the same way, after marking them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from tokenwire.v1 import generation_pb2 as pb
+
+from . import convert
+from .admission import Admission
+from .convert import Limits, RequestPlan
+from .engines.base import Engine, GenerationHandle
+from .errors import DuplicateRequestId, EngineStalled, ReaderStalled, to_status
+from .streaming import Progress
+from .telemetry import Metrics
+from .watchdog import Watchdog, Watched
+
+log = logging.getLogger("tokenwire.server")
+
+Context = grpc.aio.ServicerContext[object, object]
+
+DEADLINE_SLACK_S = 0.05
+
+
+class Call:
+    """One RPC's bookkeeping, filled in as it goes."""
+
+    __slots__ = ("progress", "watched")
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.watched: Watched | None = None
+
+    def receipt(self) -> tuple[tuple[str, str], ...]:
+        p = self.progress
+        if p is None:
+            return ()
+        return convert.receipt(p.prompt_tokens, p.completion_tokens, p.finishes, p.abort_reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    plan: RequestPlan
+    handle: GenerationHandle
+    progress: Progress
+    watched: Watched
+
+
+class Calls:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        limits: Limits,
+        admission: Admission,
+        watchdog: Watchdog,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits
+        self._metrics = metrics
+        self._admission = admission
+        self._watchdog = watchdog
+        self.live: set[str] = set()  # request ids of live generations
+        self.draining = False  # set on shutdown: cancellations then count as "shutdown"
+
+    @asynccontextmanager
+    async def rpc(self, method: str, context: Context) -> AsyncIterator[Call]:
+        """Map errors to a status, send the usage receipt, count every ending by its code."""
+        code = grpc.StatusCode.OK
+        call = Call()
+        try:
+            try:
+                yield call
+            except asyncio.CancelledError:
+                stall = _stall_error(call)
+                if stall is None:
+                    code = self._cancel_code(context)
+                    context.set_trailing_metadata(call.receipt())
+                    raise
+                # Our own watchdog cancelled the call: end it with a status instead.
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                raise stall from None
+            context.set_trailing_metadata(call.receipt())
+        except Exception as error:
+            status = to_status(error)
+            code = status.code
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method)
+            metadata = status.trailing_metadata + call.receipt()
+            await context.abort(status.code, status.message, metadata)
+        finally:
+            self._metrics.request_done(method, code.name)
+
+    @asynccontextmanager
+    async def generation(
+        self, request: pb.GenerateRequest, context: Context, call: Call
+    ) -> AsyncIterator[Generation]:
+        """Admit and submit the request; on the way out, abort it unless it finished."""
+        started = time.perf_counter()
+        engine = self.engine
+        plan = convert.plan_request(request, engine.description, self.limits)
+        if plan.request_id in self.live:
+            raise DuplicateRequestId(f"request_id {plan.request_id!r} is already in progress")
+        self.live.add(plan.request_id)
+        self._metrics.streams_active.add(1)
+        progress = call.progress = Progress(started, plan.template.sampling.n)
+        watched = call.watched = self._watchdog.watch()
+        handle: GenerationHandle | None = None
+        admitted_at: float | None = None
+        try:
+            prompt_ids = plan.token_ids
+            if plan.prompt is not None:
+                prompt_ids = tuple(await engine.tokenize(plan.prompt))
+            progress.prompt_tokens = len(prompt_ids)
+            request_ = plan.generation(prompt_ids, engine.description, self.limits)
+            progress.queue_s = await self._admission.acquire(context.time_remaining())
+            admitted_at = time.perf_counter()
+            handle = engine.submit(request_)
+            yield Generation(plan, handle, progress, watched)
+        except BaseException as error:
+            if handle is not None and not handle.finished:
+                handle.abort()
+                progress.abort_reason = self._abort_reason(error, context, watched)
+                self._metrics.aborted(progress.abort_reason)
+            raise
+        finally:
+            self._watchdog.forget(watched)
+            self.live.discard(plan.request_id)
+            self._metrics.streams_active.add(-1)
+            if admitted_at is not None:
+                self._admission.release()
+                first = progress.first_token_at
+                self._admission.observe(
+                    time.perf_counter() - admitted_at,
+                    None if first is None else first - admitted_at,
+                )
+            if handle is not None:
+                if not handle.finished:  # the consumer stopped early without an error
+                    handle.abort()
+                    progress.abort_reason = "error"
+                    self._metrics.aborted("error")
+                first = progress.first_token_at
+                self._metrics.generation_done(
+                    progress.prompt_tokens,
+                    progress.completion_tokens,
+                    None if first is None else first - started,
+                    time.perf_counter() - started,
+                )
+
+    def _abort_reason(self, error: BaseException, context: Context, watched: Watched) -> str:
+        if watched.stall == "reader":
+            return "stalled"
+        if watched.stall == "engine":
+            return "error"
+        if isinstance(error, asyncio.CancelledError):
+            if self._cancel_code(context) is grpc.StatusCode.DEADLINE_EXCEEDED:
+                return "deadline"
+            return "shutdown" if self.draining else "cancelled"
+        return "error"
+
+    @staticmethod
+    def _cancel_code(context: Context) -> grpc.StatusCode:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= DEADLINE_SLACK_S:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+
+
+def _stall_error(call: Call) -> Exception | None:
+    stall = None if call.watched is None else call.watched.stall
+    if stall == "reader":
+        return ReaderStalled("stream aborted: the client stopped reading")
+    if stall == "engine":
+        return EngineStalled("the engine stopped producing tokens for this request")
+    return None
