@@ -26,6 +26,7 @@ from .calls import Calls
 from .convert import Limits
 from .engines import Engine, create_engine
 from .interceptors import MalformedRequests
+from .security import ApiKeys, server_credentials
 from .servicer import GenerationServicer
 from .settings import Settings
 from .telemetry import Metrics
@@ -37,11 +38,26 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 
 # Long prefills keep a stream silent for a while: let clients ping every 10 s
 # without data (the grpc default answers such pings with GOAWAY after 300 s).
-_CHANNEL_OPTIONS = (
+_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 )
+
+
+def _channel_options(settings: Settings) -> tuple[tuple[str, int], ...]:
+    if not settings.max_connection_age_s:
+        return _CHANNEL_OPTIONS
+    # Behind an L4 balancer a long-lived HTTP/2 connection pins a client to one
+    # pod; closing connections now and then (GOAWAY, live streams finish within
+    # the grace) lets clients reconnect and spread out.
+    age_ms = int(settings.max_connection_age_s * 1000)
+    grace_ms = int(settings.shutdown_grace_s * 1000)
+    return (
+        *_CHANNEL_OPTIONS,
+        ("grpc.max_connection_age_ms", age_ms),
+        ("grpc.max_connection_age_grace_ms", grace_ms),
+    )
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -77,10 +93,20 @@ class Server:
         )
         self.servicer = GenerationServicer(self.calls)
         self.health = health_aio.HealthServicer()
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if settings.api_key is not None or settings.api_keys_file is not None:
+            key = settings.api_key.get_secret_value() if settings.api_key else None
+            refused = lambda method: self.metrics.request_done(method, "UNAUTHENTICATED")  # noqa: E731
+            interceptors.append(ApiKeys(key, settings.api_keys_file, refused))
+        interceptors.append(MalformedRequests())
         self._server = grpc.aio.server(
-            interceptors=(MalformedRequests(),), options=_CHANNEL_OPTIONS
+            interceptors=interceptors, options=_channel_options(settings)
         )
+        # Kubernetes gRPC probes speak neither TLS nor API keys: health alone,
+        # in plaintext, on a port of its own.
+        self._health_server = grpc.aio.server() if settings.health_port else None
         self.port = 0
+        self.health_port = 0
         self.metrics_port = 0
 
     async def start(self) -> None:
@@ -90,19 +116,31 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if s.reflection:
             reflection.enable((SERVICE_NAME, HEALTH_SERVICE_NAME), self._server)
-        self.port = self._server.add_insecure_port(f"{_host(s.host)}:{s.port}")
+        address = f"{_host(s.host)}:{s.port}"
+        if s.tls_cert is not None and s.tls_key is not None:
+            credentials = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {s.host}:{s.port}")
         await self._server.start()
+        if self._health_server is not None:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            address = f"{_host(s.host)}:{s.health_port}"
+            self.health_port = self._health_server.add_insecure_port(address)
+            await self._health_server.start()
         self.watchdog.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port:
             self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
         log.info(
-            "tokenwire serving %s (%s engine) on %s:%d, metrics on %s",
+            "tokenwire serving %s (%s engine, %s%s) on %s:%d, metrics on %s",
             self.engine.description.name,
             self.engine.description.engine,
+            "mutual TLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext",
+            ", API keys" if s.api_key or s.api_keys_file else "",
             s.host,
             self.port,
             f"{s.metrics_host or s.host}:{self.metrics_port}/metrics"
@@ -117,6 +155,8 @@ class Server:
         self.calls.draining = True
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.watchdog.stop()
         await self.engine.close()
         self.metrics.close()

@@ -7,9 +7,10 @@ Each field is a flag (``--max-queue``) and an environment variable
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EngineKind = Literal["simulated", "transformers", "tensorrt-llm"]
@@ -62,6 +63,23 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 = off.")
     metrics_host: str | None = Field(None, description="Address /metrics binds; default: --host.")
     reflection: bool = Field(True, description="Serve gRPC server reflection.")
+    health_port: int = Field(
+        0, ge=0, le=65535, description="Plaintext port serving only grpc.health.v1; 0 = none."
+    )
+    max_connection_age_s: float = Field(
+        0, ge=0, description="Close connections after this long (rebalancing); 0 = never."
+    )
+
+    # Security.
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS.")
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates (mutual TLS)."
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer token clients must send.")
+    api_keys_file: Path | None = Field(
+        None, description="File of accepted bearer tokens, one per line; re-read on change."
+    )
 
     # Limits on each request.
     max_concurrent_requests: int = Field(256, ge=1, description="Engine requests run at once.")
@@ -95,4 +113,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must not exceed max_tokens_limit")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
         return self
