@@ -30,6 +30,7 @@ from .security import ApiKeys, server_credentials
 from .servicer import GenerationServicer
 from .settings import Settings
 from .telemetry import Metrics
+from .tracing import Tracing
 from .watchdog import Watchdog
 
 log = logging.getLogger("tokenwire.server")
@@ -88,8 +89,14 @@ class Server:
             queue_depth=lambda: self.admission.queue_depth,
         )
         self.watchdog = Watchdog(settings.stall_timeout_s, settings.engine_stall_timeout_s)
+        self.tracing = Tracing(model.name, model.engine, settings.otlp_endpoint)
         self.calls = Calls(
-            self.engine, self.metrics, limits_from(settings), self.admission, self.watchdog
+            self.engine,
+            self.metrics,
+            limits_from(settings),
+            self.admission,
+            self.watchdog,
+            self.tracing,
         )
         self.servicer = GenerationServicer(self.calls)
         self.health = health_aio.HealthServicer()
@@ -160,6 +167,7 @@ class Server:
         await self.watchdog.stop()
         await self.engine.close()
         self.metrics.close()
+        self.tracing.close()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

@@ -22,16 +22,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry.trace import Span
 
 from tokenwire.v1 import generation_pb2 as pb
 
-from . import convert
+from . import convert, logs
 from .admission import Admission
 from .convert import Limits, RequestPlan
 from .engines.base import Engine, GenerationHandle
 from .errors import DuplicateRequestId, EngineStalled, ReaderStalled, to_status
 from .streaming import Progress
 from .telemetry import Metrics
+from .tracing import Tracing
 from .watchdog import Watchdog, Watched
 
 log = logging.getLogger("tokenwire.server")
@@ -39,14 +41,16 @@ log = logging.getLogger("tokenwire.server")
 Context = grpc.aio.ServicerContext[object, object]
 
 DEADLINE_SLACK_S = 0.05
+SERVICE = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 
 
 class Call:
     """One RPC's bookkeeping, filled in as it goes."""
 
-    __slots__ = ("progress", "watched")
+    __slots__ = ("progress", "span", "watched")
 
-    def __init__(self) -> None:
+    def __init__(self, span: Span) -> None:
+        self.span = span
         self.progress: Progress | None = None
         self.watched: Watched | None = None
 
@@ -73,8 +77,10 @@ class Calls:
         limits: Limits,
         admission: Admission,
         watchdog: Watchdog,
+        tracing: Tracing,
     ) -> None:
         self.engine = engine
+        self._tracing = tracing
         self.limits = limits
         self._metrics = metrics
         self._admission = admission
@@ -84,33 +90,47 @@ class Calls:
 
     @asynccontextmanager
     async def rpc(self, method: str, context: Context) -> AsyncIterator[Call]:
-        """Map errors to a status, send the usage receipt, count every ending by its code."""
+        """Trace the call, map errors to a status, send the usage receipt, count the ending."""
         code = grpc.StatusCode.OK
-        call = Call()
-        try:
+        with self._tracing.rpc_span(SERVICE, method, context.invocation_metadata()) as span:
+            call = Call(span)
             try:
-                yield call
-            except asyncio.CancelledError:
-                stall = _stall_error(call)
-                if stall is None:
-                    code = self._cancel_code(context)
-                    context.set_trailing_metadata(call.receipt())
-                    raise
-                # Our own watchdog cancelled the call: end it with a status instead.
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
-                raise stall from None
-            context.set_trailing_metadata(call.receipt())
-        except Exception as error:
-            status = to_status(error)
-            code = status.code
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method)
-            metadata = status.trailing_metadata + call.receipt()
-            await context.abort(status.code, status.message, metadata)
-        finally:
-            self._metrics.request_done(method, code.name)
+                try:
+                    yield call
+                except asyncio.CancelledError:
+                    stall = _stall_error(call)
+                    if stall is None:
+                        code = self._cancel_code(context)
+                        context.set_trailing_metadata(call.receipt())
+                        raise
+                    # Our own watchdog cancelled the call: end it with a status instead.
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                    raise stall from None
+                context.set_trailing_metadata(call.receipt())
+            except Exception as error:
+                status = to_status(error)
+                code = status.code
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method)
+                elif code is not grpc.StatusCode.INVALID_ARGUMENT:
+                    log.info("%s ended with %s: %s", method, code.name, status.message)
+                metadata = status.trailing_metadata + call.receipt()
+                await context.abort(status.code, status.message, metadata)
+            finally:
+                self._metrics.request_done(method, code.name)
+                self._trace_end(call, code)
+
+    def _trace_end(self, call: Call, code: grpc.StatusCode) -> None:
+        p = call.progress
+        if p is None:
+            self._tracing.ended(call.span, code.name, None, (), None, None)
+            return
+        first = None if p.first_token_at is None else time.perf_counter() - p.first_token_at
+        self._tracing.ended(
+            call.span, code.name, p.completion_tokens, p.finishes, p.abort_reason, first
+        )
 
     @asynccontextmanager
     async def generation(
@@ -123,9 +143,10 @@ class Calls:
         if plan.request_id in self.live:
             raise DuplicateRequestId(f"request_id {plan.request_id!r} is already in progress")
         self.live.add(plan.request_id)
+        logs.request_id.set(plan.request_id)  # this call's task only
         self._metrics.streams_active.add(1)
         progress = call.progress = Progress(started, plan.template.sampling.n)
-        watched = call.watched = self._watchdog.watch()
+        watched = call.watched = self._watchdog.watch(plan.request_id)
         handle: GenerationHandle | None = None
         admitted_at: float | None = None
         try:
@@ -134,6 +155,8 @@ class Calls:
                 prompt_ids = tuple(await engine.tokenize(plan.prompt))
             progress.prompt_tokens = len(prompt_ids)
             request_ = plan.generation(prompt_ids, engine.description, self.limits)
+            operation = "chat" if plan.input_field == "messages" else "text_completion"
+            self._tracing.request(call.span, request_, operation)
             progress.queue_s = await self._admission.acquire(context.time_remaining())
             admitted_at = time.perf_counter()
             handle = engine.submit(request_)
@@ -143,6 +166,7 @@ class Calls:
                 handle.abort()
                 progress.abort_reason = self._abort_reason(error, context, watched)
                 self._metrics.aborted(progress.abort_reason)
+                log.info("aborted the engine request: %s", progress.abort_reason)
             raise
         finally:
             self._watchdog.forget(watched)

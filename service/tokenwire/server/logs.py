@@ -5,9 +5,28 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from typing import Any
 
+from .tracing import current_trace_id
+
+# The request a task is serving: grpc.aio runs each call in its own task, so
+# setting it once per call tags every line logged on that call's behalf.
+request_id: ContextVar[str | None] = ContextVar("tokenwire_request_id", default=None)
+
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class RequestContext(logging.Filter):
+    """Adds request_id and trace_id to each record (unless the caller set them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = getattr(record, "request_id", None) or request_id.get()
+        record.request_id = rid
+        if not hasattr(record, "trace_id"):
+            record.trace_id = current_trace_id() if rid else None
+        record.context = f" [request_id={rid}]" if rid else ""
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,7 +39,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD)
+        entry.update(
+            (k, v)
+            for k, v in record.__dict__.items()
+            if k not in _STANDARD and k != "context" and v is not None
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -31,7 +54,10 @@ def configure(level: str, as_json: bool) -> None:
     if as_json:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(context)s")
+        )
+    handler.addFilter(RequestContext())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

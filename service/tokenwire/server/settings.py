@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EngineKind = Literal["simulated", "transformers", "tensorrt-llm"]
@@ -108,6 +108,13 @@ class Settings(BaseSettings):
         "info", description="Log level."
     )
     log_json: bool = Field(False, description="One JSON object per log line.")
+    otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "otlp_endpoint", "TOKENWIRE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+        description="OTLP/gRPC endpoint for traces (also OTEL_EXPORTER_OTLP_ENDPOINT).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

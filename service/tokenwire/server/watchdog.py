@@ -26,10 +26,11 @@ Stall = Literal["reader", "engine"]
 class Watched:
     """A live stream's clocks: when its pending write or engine wait began."""
 
-    __slots__ = ("engine_since", "stall", "task", "write_since")
+    __slots__ = ("engine_since", "request_id", "stall", "task", "write_since")
 
-    def __init__(self, task: asyncio.Task[object] | None) -> None:
+    def __init__(self, task: asyncio.Task[object] | None, request_id: str) -> None:
         self.task = task
+        self.request_id = request_id
         self.write_since: float | None = None
         self.engine_since: float | None = None
         self.stall: Stall | None = None
@@ -42,8 +43,8 @@ class Watchdog:
         self._live: set[Watched] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def watch(self) -> Watched:
-        watched = Watched(asyncio.current_task())
+    def watch(self, request_id: str) -> Watched:
+        watched = Watched(asyncio.current_task(), request_id)
         self._live.add(watched)
         return watched
 
@@ -77,7 +78,11 @@ class Watchdog:
                 watched.stall = "engine"
             else:
                 continue
-            log.warning("stream stalled (%s): aborting it", watched.stall)
+            log.warning(
+                "stream stalled (%s): aborting it",
+                watched.stall,
+                extra={"request_id": watched.request_id},
+            )
             watched.task.cancel()
 
     @staticmethod
