@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -59,17 +60,18 @@ async def test_queued_requests_run_in_order_when_slots_free(make_server, stub_fo
     )
     finished: list[int] = []
 
-    async def run(i: int) -> pb.CompleteResponse:
+    async def run(i: int):
         reply = await stub.Complete(short)
         finished.append(i)
         return reply
 
+    def admitted(count: int) -> Callable[[], bool]:
+        return lambda: server.admission.busy + server.admission.queue_depth == count
+
     tasks = []
     for i in range(4):
         tasks.append(asyncio.create_task(run(i)))
-        await async_wait_for(
-            lambda i=i: server.admission.busy + server.admission.queue_depth == i + 1
-        )
+        await async_wait_for(admitted(i + 1))
     replies = await asyncio.gather(*tasks)
     assert finished == [0, 1, 2, 3]
     assert replies[0].timing.queue_ms < replies[3].timing.queue_ms

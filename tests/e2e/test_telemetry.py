@@ -89,7 +89,7 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
 def test_spans_are_exported_over_otlp_when_the_endpoint_is_set():
     collector = _Collector()
     sink = grpc.server(futures.ThreadPoolExecutor(2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, sink)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, sink)  # type: ignore[no-untyped-call]
     port = sink.add_insecure_port("127.0.0.1:0")
     sink.start()
     server = start_server_process(env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"})
