@@ -132,3 +132,24 @@ async def _complete(server: Server) -> pb.CompleteResponse:
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         return await pb_grpc.GenerationServiceStub(channel).Complete(SHORT)
+
+
+async def test_health_turns_not_serving_when_the_engine_dies(make_server, stub_for):
+    server = await make_server()
+    stub = await stub_for(server)
+    assert (await stub.Complete(SHORT)).choices
+    await server.engine.close()  # the engine is gone: it reports itself unhealthy
+
+    async def status() -> int:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest())  # type: ignore[attr-defined]
+            return int(reply.status)
+
+    async def not_serving() -> bool:
+        return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+    await async_wait_for(not_serving, within=5)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Complete(SHORT)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE

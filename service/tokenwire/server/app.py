@@ -112,6 +112,7 @@ class Server:
         # Kubernetes gRPC probes speak neither TLS nor API keys: health alone,
         # in plaintext, on a port of its own.
         self._health_server = grpc.aio.server() if settings.health_port else None
+        self._monitor: asyncio.Task[None] | None = None
         self.port = 0
         self.health_port = 0
         self.metrics_port = 0
@@ -138,8 +139,8 @@ class Server:
             self.health_port = self._health_server.add_insecure_port(address)
             await self._health_server.start()
         self.watchdog.start()
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(serving=True)
+        self._monitor = asyncio.create_task(self._watch_engine(), name="tokenwire-engine-health")
         if s.metrics_port:
             self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
         log.info(
@@ -160,6 +161,8 @@ class Server:
         ``grace`` seconds (default: settings), abort the rest, close the engine."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self.calls.draining = True
+        if self._monitor is not None:
+            self._monitor.cancel()
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         if self._health_server is not None:
@@ -168,6 +171,28 @@ class Server:
         await self.engine.close()
         self.metrics.close()
         self.tracing.close()
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def _watch_engine(self, period_s: float = 0.5) -> None:
+        """Health tells the truth: NOT_SERVING while the engine says it cannot serve."""
+        serving = True
+        while True:
+            await asyncio.sleep(period_s)
+            if self.engine.healthy != serving:
+                serving = self.engine.healthy
+                await self._set_health(serving)
+                if serving:
+                    log.info("engine healthy again: SERVING")
+                else:
+                    log.error("engine unhealthy: health NOT_SERVING, new calls UNAVAILABLE")
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

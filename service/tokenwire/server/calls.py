@@ -29,7 +29,7 @@ from tokenwire.v1 import generation_pb2 as pb
 from . import convert, logs
 from .admission import Admission
 from .convert import Limits, RequestPlan
-from .engines.base import Engine, GenerationHandle
+from .engines.base import Engine, EngineUnavailable, GenerationHandle
 from .errors import DuplicateRequestId, EngineStalled, ReaderStalled, to_status
 from .streaming import Progress
 from .telemetry import Metrics
@@ -139,6 +139,8 @@ class Calls:
         """Admit and submit the request; on the way out, abort it unless it finished."""
         started = time.perf_counter()
         engine = self.engine
+        if not engine.healthy:
+            raise EngineUnavailable("the engine cannot serve: see the server's log")
         plan = convert.plan_request(request, engine.description, self.limits)
         if plan.request_id in self.live:
             raise DuplicateRequestId(f"request_id {plan.request_id!r} is already in progress")
