@@ -140,3 +140,22 @@ def test_killed_client_process_frees_its_request(slow_sim_server):
     wait_for(lambda: metric_value(url, "tokenwire_engine_requests_in_flight") == 0, timeout=10)
     assert metric_value(url, "tokenwire_aborts_total", {"reason": "cancelled"}) == 1
     assert metric_value(url, "tokenwire_streams_active") == 0
+
+
+async def test_a_thousand_concurrent_cancels(make_server, stub_for):
+    # Slow tokens: a thousand streams stay live without flooding this 2-core box.
+    server = await make_server(sim_ttft_ms=1, sim_itl_ms=1000, max_concurrent_requests=1000)
+    stub = await stub_for(server)
+    calls = [stub.Generate(LONG) for _ in range(1000)]
+    await asyncio.gather(*(call.read() for call in calls))  # every one of them is streaming
+    assert server.engine.in_flight() == 1000
+    for call in calls:
+        call.cancel()
+    await async_wait_for(lambda: server.engine.in_flight() == 0, within=10)
+    await async_wait_for(
+        lambda: metric(server, "tokenwire_aborts_total", reason="cancelled") == 1000, within=10
+    )
+    await async_wait_for(lambda: metric(server, "tokenwire_streams_active") == 0, within=10)
+    assert server.admission.busy == 0 and not server.calls.live
+    one = pb.GenerateRequest(prompt="x", stopping=pb.StoppingOptions(max_tokens=1))
+    assert (await stub.Complete(one)).choices

@@ -84,18 +84,20 @@ def test_unavailable_engine_fails_fast():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_drains_then_aborts_live_streams_and_exits_zero(sig):
-    server = start_server_process(["--sim-itl-ms", "20", "--shutdown-grace-s", "0.5"])
+    server = start_server_process(["--sim-itl-ms", "20", "--shutdown-grace-s", "1"])
     channel = grpc.insecure_channel(server.target)
     stub = pb_grpc.GenerationServiceStub(channel)
-    call = stub.Generate(
+    stopping = pb.StoppingOptions(max_tokens=20, ignore_eos=True)  # ~0.4 s: ends within grace
+    short = stub.Generate(pb.GenerateRequest(prompt="x", stopping=stopping))
+    long = stub.Generate(
         pb.GenerateRequest(
             prompt="x", stopping=pb.StoppingOptions(max_tokens=5000, ignore_eos=True)
         )
     )
     try:
-        assert next(call).token_ids
+        assert next(short).token_ids and next(long).token_ids
         wait_for(
-            lambda: metric_value(server.metrics_url, "tokenwire_engine_requests_in_flight") == 1
+            lambda: metric_value(server.metrics_url, "tokenwire_engine_requests_in_flight") == 2
         )
         server.process.send_signal(sig)
         health: Any = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.target))
@@ -108,12 +110,20 @@ def test_signal_drains_then_aborts_live_streams_and_exits_zero(sig):
             return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
 
         wait_for(not_serving, timeout=5)
+        # New calls are refused while live ones drain.
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Complete(pb.GenerateRequest(prompt="x"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The short stream finishes normally within the grace...
+        rest = list(short)
+        assert rest[-1].finish_reason == pb.FINISH_REASON_LENGTH
+        # ...the long one is cut at the end of it, and its engine request aborted.
         with pytest.raises(grpc.RpcError) as info:
-            for _ in call:
+            for _ in long:
                 pass
         assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert server.process.wait(15) == 0
-        assert any("aborted" in line or "stopped" in line for line in server.log)
+        assert any("aborted the engine request: shutdown" in line for line in server.log)
     finally:
         channel.close()
         server.stop()

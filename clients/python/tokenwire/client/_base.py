@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import abc
+import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -11,9 +13,12 @@ from tokenwire.client._types import ChannelOptions, MetadataLike
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
+_Channel = TypeVar("_Channel")
+_Stub = TypeVar("_Stub")
 
-class BaseClient:
-    """Holds what every call of a client needs; subclasses own the channel.
+
+class BaseClient(Generic[_Channel, _Stub], abc.ABC):
+    """Holds what every call of a client needs; subclasses make the channel and stub.
 
     Args:
         target: ``host:port`` of the tokenwire server (any gRPC target string).
@@ -49,22 +54,40 @@ class BaseClient:
         if api_key is not None:
             pairs.append(("authorization", f"Bearer {api_key}"))
         self._metadata = tuple(pairs)
-        self._credentials: Any = None
+        self._credentials: grpc.ChannelCredentials | None = None
         if tls or root_certificates or private_key or certificate_chain:
             self._credentials = grpc.ssl_channel_credentials(
                 root_certificates, private_key, certificate_chain
             )
         self._options = list(options)
         self._wait_for_ready = wait_for_ready
+        # The channel opens on first use: a grpc.aio channel binds to the event loop
+        # running when it is made, which __init__ may not have.
+        self._lock = threading.Lock()
+        self._channel: _Channel | None = None
+        self._stub: _Stub | None = None
         self._closed = False
 
-    def _new_channel(self, module: Any) -> Any:
-        """A channel from ``grpc`` or ``grpc.aio``, which share these two factories."""
-        if self._closed:
-            raise RuntimeError(f"{type(self).__name__} is closed")
-        if self._credentials is None:
-            return module.insecure_channel(self.target, options=self._options)
-        return module.secure_channel(self.target, self._credentials, options=self._options)
+    @abc.abstractmethod
+    def _connect(self) -> tuple[_Channel, _Stub]:
+        """A new channel (``grpc`` or ``grpc.aio``) to `target`, and the stub over it."""
+
+    @property
+    def _rpc(self) -> _Stub:
+        """The stub, over a channel opened on first use."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{type(self).__name__} is closed")
+            if self._stub is None:
+                self._channel, self._stub = self._connect()
+            return self._stub
+
+    def _take_channel(self) -> _Channel | None:
+        """Mark the client closed and hand over its channel (None if it never opened)."""
+        with self._lock:
+            self._closed = True
+            channel, self._channel, self._stub = self._channel, None, None
+            return channel
 
     def _call_options(self, timeout: float | None) -> dict[str, Any]:
         """Keyword arguments of one stub call; `timeout` None means the client's default."""

@@ -16,8 +16,8 @@ from tokenwire.client._models import (
     ModelInfo,
     StopMatch,
     Timing,
-    TokenLogprob,
     Tokenization,
+    TokenLogprob,
     TopLogprob,
     Usage,
 )
@@ -125,7 +125,7 @@ def chat_messages(messages: Messages) -> pb.ChatMessages:
     return result
 
 
-def finish_reason(value: pb.FinishReason.ValueType) -> FinishReason | None:
+def finish_reason(value: int) -> FinishReason | None:
     return _FINISH_REASONS.get(value)
 
 
@@ -156,7 +156,9 @@ def completion(response: pb.CompleteResponse) -> Completion:
                 text=choice.text,
                 token_ids=tuple(choice.token_ids),
                 finish_reason=finish_reason(choice.finish_reason),
-                stop_match=_stop_match(choice.stop_match) if choice.HasField("stop_match") else None,
+                stop_match=_stop_match(choice.stop_match)
+                if choice.HasField("stop_match")
+                else None,
                 logprobs=_logprobs(choice.logprobs),
                 cumulative_logprob=(
                     choice.cumulative_logprob if choice.HasField("cumulative_logprob") else None

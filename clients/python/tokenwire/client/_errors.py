@@ -26,7 +26,7 @@ gRPC errors become these in one place, `from_rpc_error()`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -139,7 +139,8 @@ def from_rpc_error(error: grpc.RpcError) -> TokenwireError:
 def _details(error: grpc.RpcError, message_type: type[_M]) -> list[_M]:
     """The details of this type in the call's rich status (grpc-status-details-bin)."""
     try:
-        status: status_pb2.Status | None = rpc_status.from_call(error)
+        # Raised errors are Calls too (sync), or carry the same accessors (aio).
+        status: status_pb2.Status | None = rpc_status.from_call(cast(grpc.Call, error))
     except ValueError:
         # The rich status disagrees with the call's code or message: drop the details
         # rather than hide the real error behind a parsing one.

@@ -10,7 +10,15 @@ from __future__ import annotations
 import time
 
 from tokenwire.client import _convert
-from tokenwire.client._models import Choice, Chunk, Completion, StopMatch, Timing, TokenLogprob, Usage
+from tokenwire.client._models import (
+    Choice,
+    Chunk,
+    Completion,
+    StopMatch,
+    Timing,
+    TokenLogprob,
+    Usage,
+)
 from tokenwire.client._types import FinishReason
 from tokenwire.v1 import generation_pb2 as pb
 
@@ -18,7 +26,7 @@ from tokenwire.v1 import generation_pb2 as pb
 class _Sequence:
     """Everything received for one sequence index."""
 
-    __slots__ = ("parts", "token_ids", "logprobs", "finish_reason", "stop_match", "cumulative")
+    __slots__ = ("cumulative", "finish_reason", "logprobs", "parts", "stop_match", "token_ids")
 
     def __init__(self) -> None:
         # Joined on demand: appending is O(1) however often `.text` is not read.
@@ -70,7 +78,9 @@ class BaseStream:
     def texts(self) -> list[str]:
         """The text so far of each sequence, by index (for ``n > 1``)."""
         count = max(self._sequences, default=-1) + 1
-        return ["".join(self._sequences[i].parts) if i in self._sequences else "" for i in range(count)]
+        return [
+            "".join(self._sequences[i].parts) if i in self._sequences else "" for i in range(count)
+        ]
 
     @property
     def token_ids(self) -> tuple[int, ...]:
