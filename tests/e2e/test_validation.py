@@ -241,3 +241,13 @@ async def test_garbage_bytes_on_a_stream_are_refused(server, channel):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert server.engine.in_flight() == 0
+
+
+async def test_oversized_requests_are_refused_before_parsing(make_server, stub_for):
+    server = await make_server(max_message_bytes=64 * 1024)
+    stub = await stub_for(server)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Complete(gen(prompt="x" * 100_000))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert server.engine.in_flight() == 0
+    assert (await stub.Complete(gen(stopping=OK_STOP))).choices

@@ -42,20 +42,20 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 _CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 )
 
 
 def _channel_options(settings: Settings) -> tuple[tuple[str, int], ...]:
+    options = (*_CHANNEL_OPTIONS, ("grpc.max_receive_message_length", settings.max_message_bytes))
     if not settings.max_connection_age_s:
-        return _CHANNEL_OPTIONS
+        return options
     # Behind an L4 balancer a long-lived HTTP/2 connection pins a client to one
     # pod; closing connections now and then (GOAWAY, live streams finish within
     # the grace) lets clients reconnect and spread out.
     age_ms = int(settings.max_connection_age_s * 1000)
     grace_ms = int(settings.shutdown_grace_s * 1000)
     return (
-        *_CHANNEL_OPTIONS,
+        *options,
         ("grpc.max_connection_age_ms", age_ms),
         ("grpc.max_connection_age_grace_ms", grace_ms),
     )

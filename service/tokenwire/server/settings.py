@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     max_stop_strings: int = Field(16, ge=0, description="Most stop strings per request.")
     max_stop_string_length: int = Field(256, ge=1, description="Longest stop string, chars.")
     max_top_logprobs: int = Field(20, ge=0, description="Largest accepted top_logprobs.")
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request message accepted, in bytes."
+    )
 
     # Stalls.
     stall_timeout_s: float = Field(
