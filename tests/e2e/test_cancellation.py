@@ -159,3 +159,17 @@ async def test_a_thousand_concurrent_cancels(make_server, stub_for):
     assert server.admission.busy == 0 and not server.calls.live
     one = pb.GenerateRequest(prompt="x", stopping=pb.StoppingOptions(max_tokens=1))
     assert (await stub.Complete(one)).choices
+
+
+async def test_abort_latency_is_measured(make_server, stub_for):
+    server = await make_server(sim_itl_ms=5)
+    stub = await stub_for(server)
+    calls = [stub.Generate(LONG) for _ in range(10)]
+    for call in calls:
+        await call.read()
+        call.cancel()
+    await async_wait_for(lambda: server.engine.in_flight() == 0)
+    count = "tokenwire_abort_latency_seconds_count"
+    await async_wait_for(lambda: metric(server, count, reason="cancelled") == 10)
+    # Aborting is a flag and a set removal: far below a millisecond each.
+    assert metric(server, "tokenwire_abort_latency_seconds_sum", reason="cancelled") < 10 * 0.001

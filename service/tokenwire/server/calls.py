@@ -151,6 +151,9 @@ class Calls:
         watched = call.watched = self._watchdog.watch(plan.request_id)
         handle: GenerationHandle | None = None
         admitted_at: float | None = None
+        ended_at: list[float] = []  # when grpc saw the call end (a cancel, say)
+        # The stubs type the callback as a nominal class no function can match.
+        context.add_done_callback(lambda _: ended_at.append(time.perf_counter()))  # type: ignore[arg-type]
         try:
             prompt_ids = plan.token_ids
             if plan.prompt is not None:
@@ -165,9 +168,10 @@ class Calls:
             yield Generation(plan, handle, progress, watched)
         except BaseException as error:
             if handle is not None and not handle.finished:
+                learned = min(ended_at, default=time.perf_counter())
                 handle.abort()
                 progress.abort_reason = self._abort_reason(error, context, watched)
-                self._metrics.aborted(progress.abort_reason)
+                self._metrics.aborted(progress.abort_reason, time.perf_counter() - learned)
                 log.info("aborted the engine request: %s", progress.abort_reason)
             raise
         finally:

@@ -30,6 +30,13 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# Aborts should take microseconds; the buckets resolve down to 10 us.
+_ABORT_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+)  # fmt: skip
+
+
 class Metrics:
     """The server's instruments (names in shared/CONTRACT.md)."""
 
@@ -100,14 +107,22 @@ class Metrics:
         self.duration = meter.create_histogram(
             "gen_ai.server.request.duration", unit="s", description="Request duration"
         )
+        self.abort_latency = meter.create_histogram(
+            "tokenwire_abort_latency",
+            unit="s",
+            description="From learning of a cancel, deadline or stall to abort() returning",
+            explicit_bucket_boundaries_advisory=_ABORT_BUCKETS,
+        )
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def request_done(self, method: str, code: str) -> None:
         self.requests.add(1, {"method": method, "code": code})
 
-    def aborted(self, reason: AbortReason) -> None:
+    def aborted(self, reason: AbortReason, latency_s: float | None = None) -> None:
         self.aborts.add(1, {"reason": reason})
+        if latency_s is not None:
+            self.abort_latency.record(latency_s, {"reason": reason})
 
     def generation_done(
         self,
