@@ -1,0 +1,208 @@
+"""One TensorRT-LLM request behind the seam: deltas out of a mutated result, and abort().
+
+A result yields itself, mutated: each output's ``token_ids``, ``text`` and
+``logprobs`` are cumulative (shared/TRTLLM_API.md §2). Each output index keeps
+what has been sent, and a step sends what is new beyond it; TensorRT-LLM's
+``*_diff`` helpers would repeat tokens when n > 1. Text goes out only once it
+is settled (``confirmed_end``).
+
+``abort()`` enqueues a cancellation and returns. A running request answers it
+with a final 'cancelled' response; one still waiting for a batch slot may never
+answer. So the handle never waits after ``abort()``, and until the first
+response arrives it waits for that response and for ``abort()`` together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from . import _trtllm_params as trt
+from .base import EngineUnavailable, GenerationRequest, RequestFailed, SequenceDelta, TokenLogprob
+
+log = logging.getLogger("tokenwire.server")
+
+
+class Owner(Protocol):
+    """What a handle needs from its engine."""
+
+    request_error: type[Exception]
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]: ...
+
+    def release(self, handle: TensorRTLLMHandle) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
+
+
+class _Sent:
+    """What one output index has been sent so far."""
+
+    __slots__ = ("chars", "closed", "logprob", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.chars = 0
+        self.logprob = 0.0
+        self.closed = False
+
+
+class TensorRTLLMHandle:
+    """A class with ``__anext__``, not a generator: a cancelled ``__anext__`` loses nothing."""
+
+    def __init__(self, owner: Owner, request: GenerationRequest, result: Any) -> None:
+        self._owner = owner
+        self._request = request
+        self._result = result  # a tensorrt_llm RequestOutput
+        self._sent = [_Sent() for _ in range(request.sampling.n)]
+        self._open = request.sampling.n
+        self._stops = tuple(s for s in request.stop if s)
+        self._aborted = False
+        self._answered = False  # a response came: the request is running, not queued
+        self._ended = False  # the result stopped iterating
+        self._abort_signal: asyncio.Future[None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._open == 0 or self._aborted
+
+    @property
+    def cached_prompt_tokens(self) -> int:
+        return int(getattr(self._result, "cached_tokens", 0) or 0)
+
+    def __aiter__(self) -> TensorRTLLMHandle:
+        return self
+
+    async def __anext__(self) -> list[SequenceDelta]:
+        while self._open:
+            deltas = self._collect()
+            if deltas:
+                return deltas
+            await self._step()
+        raise StopAsyncIteration
+
+    def abort(self) -> None:
+        if self.finished:
+            return
+        self._aborted = True
+        if not self._result.finished:  # a request that just finished needs no abort
+            try:
+                self._result.abort()
+            except Exception:  # the executor is gone already, and the request with it
+                log.warning("TensorRT-LLM abort failed", exc_info=True)
+        self._owner.release(self)
+        if self._abort_signal is not None and not self._abort_signal.done():
+            self._abort_signal.set_result(None)
+
+    async def _step(self) -> None:
+        """Wait for the next response; the result applies it to itself."""
+        try:
+            if self._answered:
+                more = await self._next_response()
+            else:
+                more = await self._first_response()
+        except self._owner.request_error as error:
+            self._close()
+            raise RequestFailed(f"TensorRT-LLM failed the request: {error}") from error
+        except Exception as error:  # anything else from the executor is fatal
+            self._close()
+            self._owner.fail(error)
+            raise EngineUnavailable(f"TensorRT-LLM failed: {error}") from error
+        self._ended = self._ended or not more
+
+    async def _next_response(self) -> bool:
+        try:
+            await self._result.__anext__()
+        except StopAsyncIteration:
+            return False
+        self._answered = True
+        return True
+
+    async def _first_response(self) -> bool:
+        loop = asyncio.get_running_loop()
+        answer = loop.create_task(self._next_response())
+        self._abort_signal = aborted = loop.create_future()
+        try:
+            await asyncio.wait((answer, aborted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._abort_signal = None
+            answer.cancel()  # a no-op once done; else the queued response is not lost (§2)
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # retrieved, even when this wait was cancelled
+        return answer.result() if answer.done() else True
+
+    def _collect(self) -> list[SequenceDelta]:
+        done = self._ended or bool(self._result.finished)
+        cut = self._aborted and not done  # nothing more will be read: cancelled
+        outputs = self._result.outputs
+        deltas = []
+        for index, sent in enumerate(self._sent):
+            if not sent.closed:
+                delta = self._delta(index, sent, outputs[index], done or cut, cut)
+                if delta is not None:
+                    deltas.append(delta)
+        return deltas
+
+    def _delta(
+        self, index: int, sent: _Sent, out: Any, done: bool, cut: bool
+    ) -> SequenceDelta | None:
+        request = self._request
+        token_ids: Sequence[int] = out.token_ids or ()
+        text: str = out.text or ""
+        reason, match = out.finish_reason, out.stop_reason
+        final = done or reason in trt.ENDED
+        end = trt.confirmed_end(text, final, self._stops)
+        if final and isinstance(match, str) and match and not request.include_stop_in_output:
+            # Runtime stop-word matches trim token_ids; make sure the text lost the stop too.
+            end -= len(match) if text.endswith(match, 0, end) else 0
+        new_ids = token_ids[sent.tokens :]
+        new_text = text[sent.chars : end]
+        if not (new_ids or new_text or final):
+            return None
+        logprobs = self._logprobs(out, sent, token_ids) if request.logprobs and new_ids else ()
+        sent.logprob += sum(lp.logprob for lp in logprobs)
+        sent.tokens = max(sent.tokens, len(token_ids))
+        sent.chars = max(sent.chars, end)
+        finish = stop_match = None
+        if final:
+            at_length = len(token_ids) >= request.max_tokens
+            finish, stop_match = trt.finish_reason(reason, match, cut=cut, at_length=at_length)
+            sent.closed = True
+            self._open -= 1
+            if not self._open:
+                self._owner.release(self)
+        cumulative = None
+        if request.logprobs:
+            cumulative = out.cumulative_logprob
+            cumulative = sent.logprob if cumulative is None else float(cumulative)
+        return SequenceDelta(
+            index=index,
+            token_ids=tuple(new_ids),
+            text=new_text,
+            logprobs=logprobs,
+            cumulative_logprob=cumulative,
+            finish_reason=finish,
+            stop_match=stop_match,
+        )
+
+    def _logprobs(
+        self, out: Any, sent: _Sent, token_ids: Sequence[int]
+    ) -> tuple[TokenLogprob, ...]:
+        start, end = sent.tokens, len(token_ids)
+        entries: Sequence[Any] = out.logprobs or ()
+        if len(entries) >= end:  # cumulative, like token_ids
+            window = entries[start:end]
+        elif len(entries) == end - start:  # this step's only (a version that diffs them)
+            window = entries
+        else:
+            return ()
+        top_n = self._request.top_logprobs
+        return trt.token_logprobs(token_ids[start:end], window, top_n, self._owner.token_strings)
+
+    def _close(self) -> None:
+        for sent in self._sent:
+            sent.closed = True
+        self._open = 0
+        self._owner.release(self)

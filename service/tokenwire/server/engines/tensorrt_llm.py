@@ -1,0 +1,228 @@
+"""TensorRT-LLM behind the engine seam: ``generate_async(streaming=True)`` and ``abort()``.
+
+    engine = TensorRTLLMEngine.from_settings(settings)  # checks the package is there
+    await engine.start()                                # loads the model, in a thread
+    handle = engine.submit(request)                     # on the server's event loop
+    async for step in handle: ...                       # deltas per sequence index
+
+What TensorRT-LLM does that shapes this module (shared/TRTLLM_API.md §1-2):
+
+- ``generate_async`` is not a coroutine, and the result it returns binds to the
+  loop running at that moment: ``submit`` calls it on the server's loop.
+- A result yields itself, mutated, and ``abort()`` only enqueues a cancellation
+  that a queued request may never answer: ``_trtllm_handle.py`` turns that into
+  deltas and an ``abort()`` that never waits. Leaving ``async for`` aborts
+  nothing in TensorRT-LLM: the servicer calls ``abort()``.
+- A ``RequestError`` fails one request (``RequestFailed``). Any other error from
+  the executor is fatal: the engine turns unhealthy (``EngineUnavailable``).
+- Only settings that are set become ``LLM(...)`` kwargs, and only names that
+  exist become ``SamplingParams`` fields: ``_trtllm_params.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import logging
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from . import _trtllm_params as trt
+from ._trtllm_handle import TensorRTLLMHandle
+from .base import (
+    EngineUnavailable,
+    GenerationRequest,
+    InvalidInput,
+    ModelDescription,
+    PromptInput,
+    RequestFailed,
+)
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["TensorRTLLMEngine", "TensorRTLLMHandle"]
+
+log = logging.getLogger("tokenwire.server")
+
+ENGINE = "tensorrt-llm"
+NOT_INSTALLED = (
+    "TensorRT-LLM is not installed: pip install 'tokenwire[tensorrt-llm]' on NVIDIA's "
+    "TensorRT-LLM container or with NVIDIA's package index, or choose another --engine"
+)
+_INLINE_TOKENIZE_CHARS = 8192  # longer prompts are tokenized off the event loop
+
+
+class TensorRTLLMEngine:
+    """Implements ``Engine`` on ``tensorrt_llm.LLM`` or, for built engines, its TensorRT twin."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._llm: Any = None
+        self._tokenizer: Any = None  # TransformersTokenizer, or None
+        self._sampling_params: Any = None  # the SamplingParams class
+        self.request_error: type[Exception] = _Never  # RequestError, once imported
+        self._end_id: int | None = None  # passed only when there is no tokenizer
+        self._live: set[TensorRTLLMHandle] = set()
+        self._failed = False
+        self._closed = False
+        # Name and engine are right from the start (the server reads them at once);
+        # the limits come from the model in start().
+        self._description = ModelDescription(
+            name=settings.model,
+            engine=ENGINE,
+            max_context_length=settings.max_seq_len or 0,
+            vocab_size=0,
+            eos_token_id=0,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TensorRTLLMEngine:
+        if importlib.util.find_spec("tensorrt_llm") is None:
+            raise EngineUnavailable(NOT_INSTALLED)
+        return cls(settings)
+
+    @property
+    def description(self) -> ModelDescription:
+        return self._description
+
+    @property
+    def healthy(self) -> bool:
+        return not (self._failed or self._closed)
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            return
+        if self._closed:
+            raise EngineUnavailable("the TensorRT-LLM engine is closed")
+        # Importing TensorRT-LLM and loading the weights take a while and block.
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        s = self._settings
+        tensorrt_llm = _import("tensorrt_llm")
+        llmapi = _import("tensorrt_llm.llmapi")
+        if s.trtllm_backend == "tensorrt":
+            llm_class = _import("tensorrt_llm._tensorrt_engine").LLM
+        else:
+            llm_class = tensorrt_llm.LLM  # the PyTorch backend
+        try:
+            llm = llm_class(**trt.llm_kwargs(s, llmapi.KvCacheConfig))
+        except Exception as error:
+            raise EngineUnavailable(f"TensorRT-LLM could not load {s.model!r}: {error}") from error
+        try:
+            config = trt.model_config(llm, s)
+            self._description = ModelDescription(
+                name=s.model,
+                engine=ENGINE,
+                max_context_length=trt.context_length(llm, config, s),
+                vocab_size=trt.vocab_size(llm, config),
+                eos_token_id=trt.eos_token_id(llm, config),
+            )
+        except BaseException:
+            llm.shutdown()
+            raise
+        self._tokenizer = llm.tokenizer
+        self._end_id = None if llm.tokenizer is not None else self._description.eos_token_id
+        self._sampling_params = tensorrt_llm.SamplingParams
+        self.request_error = llmapi.RequestError
+        self._llm = llm
+
+    async def tokenize(self, prompt: PromptInput, add_special_tokens: bool = True) -> list[int]:
+        self._running()
+        tokenizer = self._tokenizer
+        field = "messages" if prompt.messages is not None else "prompt"
+        if tokenizer is None:
+            raise InvalidInput(field, "the model has no tokenizer here: send token_ids")
+        if prompt.messages is not None:
+            conversation = [{"role": m.role, "content": m.content} for m in prompt.messages]
+            try:
+                text = tokenizer.tokenizer.apply_chat_template(
+                    conversation, tokenize=False, add_generation_prompt=True
+                )
+            except ValueError as error:  # e.g. the model has no chat template
+                raise InvalidInput(field, str(error)) from error
+            add_special_tokens = False  # the template writes BOS and the like itself
+        else:
+            text = prompt.text or ""
+        if len(text) < _INLINE_TOKENIZE_CHARS:
+            return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        ids = await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=add_special_tokens)
+        return list(ids)
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        if self._tokenizer is None:
+            return ["" for _ in token_ids]
+        return [s or "" for s in self._tokenizer.convert_ids_to_tokens(list(token_ids))]
+
+    def submit(self, request: GenerationRequest) -> TensorRTLLMHandle:
+        llm = self._running()
+        if request.stop and self._tokenizer is None:
+            raise InvalidInput("stopping.stop", "the model has no tokenizer here to match text")
+        try:
+            params = self._sampling_params(**trt.sampling_kwargs(request, self._end_id))
+        except ValueError as error:
+            raise InvalidInput(trt.invalid_field(str(error), "sampling"), str(error)) from error
+        try:
+            result = llm.generate_async(
+                {"prompt_token_ids": list(request.prompt_token_ids)},
+                sampling_params=params,
+                streaming=True,
+            )
+        except self.request_error as error:  # an enqueue failure
+            raise RequestFailed(f"TensorRT-LLM refused the request: {error}") from error
+        except ValueError as error:  # the prompt is too long, mostly
+            raise InvalidInput(trt.invalid_field(str(error), "prompt"), str(error)) from error
+        except RuntimeError as error:
+            if "shutting down" in str(error):
+                self._failed = True
+            raise EngineUnavailable(f"TensorRT-LLM cannot take requests: {error}") from error
+        handle = TensorRTLLMHandle(self, request, result)
+        self._live.add(handle)
+        return handle
+
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    async def close(self) -> None:
+        self._closed = True
+        for handle in list(self._live):
+            handle.abort()
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            try:
+                await asyncio.to_thread(llm.shutdown)
+            except Exception:
+                log.warning("TensorRT-LLM did not shut down cleanly", exc_info=True)
+
+    def _running(self) -> Any:
+        if self._failed or self._closed or self._llm is None:
+            raise EngineUnavailable("the TensorRT-LLM engine is not running")
+        return self._llm
+
+    def release(self, handle: TensorRTLLMHandle) -> None:
+        """A handle is done with the engine: finished, failed or aborted."""
+        self._live.discard(handle)
+
+    def fail(self, error: BaseException) -> None:
+        """The executor died under a handle: nothing more can be served."""
+        if not self._failed:
+            log.error("TensorRT-LLM failed; the engine cannot serve any more: %s", error)
+        self._failed = True
+
+
+class _Never(Exception):
+    """Stands for RequestError until TensorRT-LLM is imported."""
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name == "tensorrt_llm":
+            raise EngineUnavailable(NOT_INSTALLED) from error
+        raise EngineUnavailable(f"TensorRT-LLM cannot be imported: {error}") from error
+    except (ImportError, OSError) as error:  # e.g. CUDA libraries missing
+        raise EngineUnavailable(f"TensorRT-LLM cannot be imported: {error}") from error

@@ -1,0 +1,1 @@
+"""Stand-ins for packages the tests cannot install (see each package's docstring)."""

@@ -1,0 +1,36 @@
+"""Controls and records of the fake: test-only, no part of TensorRT-LLM's API.
+
+Tests reach them as ``tensorrt_llm._fake`` after importing the fake (the
+fixture in ``tests/engines/conftest.py`` puts it on ``sys.path`` and forgets it
+afterwards, so every test starts from these defaults).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .executor.result import GenerationResult
+    from .llmapi.llm import BaseLLM
+
+step_s = 0.0
+"""Seconds per engine iteration; 0 = as fast as the event loop allows."""
+
+logprobs_as_floats = False
+"""Return ``logprobs`` as plain floats (the C++ runtime's form) instead of
+``dict[token_id, Logprob]`` (the LLM API's top-k form)."""
+
+REQUEST_ERROR_MARK = "[[request-error]]"
+"""A prompt containing this fails its request with a RequestError mid-stream."""
+
+FATAL_ERROR_MARK = "[[fatal-error]]"
+"""A prompt containing this kills the executor mid-stream (CppExecutorError)."""
+
+FAULT_AFTER_TOKENS = 3
+"""How many tokens a request marked for a fault produces first."""
+
+llms: list[BaseLLM] = []
+"""Every LLM built, oldest first."""
+
+results: list[GenerationResult] = []
+"""Every result ``generate_async`` returned, oldest first."""

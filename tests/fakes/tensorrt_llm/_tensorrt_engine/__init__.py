@@ -1,0 +1,5 @@
+"""Prebuilt TensorRT engines: ``from tensorrt_llm._tensorrt_engine import LLM`` (§1)."""
+
+from ..llmapi.llm import _TrtLLM as LLM
+
+__all__ = ["LLM"]

@@ -1,0 +1,197 @@
+"""``LLM`` (PyTorch backend) and ``_TrtLLM`` (prebuilt engines), as llmapi/llm.py shapes them.
+
+    llm = LLM("some/model", max_batch_size=8)       # ValueError on an unknown kwarg
+    result = llm.generate_async({"prompt_token_ids": ids}, sampling_params, streaming=True)
+    async for out in result: ...                     # the same RequestOutput, mutated
+    llm.shutdown()
+
+A model that is an existing directory without tokenizer files loads with no
+tokenizer (``llm.tokenizer`` is None), as ``load_hf_tokenizer`` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import _fake
+from ..executor.executor import GenerationExecutor
+from ..executor.result import GenerationResult
+from ..sampling_params import SamplingParams
+from .llm_args import COMMON_FIELDS, TORCH_ONLY_FIELDS, TRT_ONLY_FIELDS, KvCacheConfig, LlmArgs
+from .tokenizer import FakeHFTokenizer, TransformersTokenizer
+
+_DEFAULT_MAX_BATCH_SIZE = 64
+_BUILT_MAX_SEQ_LEN = 4096  # what a prebuilt engine's config.json would say
+
+
+class RequestOutput(GenerationResult):
+    """What ``generate_async`` returns; ``prompt`` is None for token-id input."""
+
+    prompt: str | None = None
+
+
+class BaseLLM:
+    _fields: frozenset[str] = COMMON_FIELDS
+
+    def __init__(
+        self,
+        model: str | Path,
+        tokenizer: str | Path | None = None,
+        tokenizer_mode: str = "auto",
+        skip_tokenizer_init: bool = False,
+        trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        revision: str | None = None,
+        tokenizer_revision: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        backend = kwargs.pop("backend", None)
+        for key in kwargs:
+            if key not in self._fields:
+                raise ValueError(f"{type(self).__name__} got invalid argument: {key}")
+        config = kwargs.get("kv_cache_config")
+        if config is not None and not isinstance(config, KvCacheConfig):
+            raise ValueError(f"kv_cache_config must be a KvCacheConfig, got {type(config)}")
+        if tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be >= 1")
+        values: dict[str, object] = {
+            "tokenizer": tokenizer,
+            "tokenizer_mode": tokenizer_mode,
+            "skip_tokenizer_init": skip_tokenizer_init,
+            "trust_remote_code": trust_remote_code,
+            "tensor_parallel_size": tensor_parallel_size,
+            "dtype": dtype,
+            "revision": revision,
+            "tokenizer_revision": tokenizer_revision,
+            **kwargs,
+        }
+        self.args = LlmArgs(model=str(model), backend=backend or "tensorrt", values=values)
+        model_dir = Path(model)
+        self._hf_model_dir = model_dir if model_dir.is_dir() else None
+        no_tokenizer_files = model_dir.is_dir() and not (model_dir / "tokenizer.json").exists()
+        self._tokenizer: TransformersTokenizer | None = None
+        if not skip_tokenizer_init and (tokenizer is not None or not no_tokenizer_files):
+            self._tokenizer = TransformersTokenizer(FakeHFTokenizer())
+        self._executor: GenerationExecutor | None = GenerationExecutor(
+            self._tokenizer, self.args.max_batch_size or _DEFAULT_MAX_BATCH_SIZE
+        )
+        _fake.llms.append(self)
+
+    @property
+    def tokenizer(self) -> TransformersTokenizer | None:
+        return self._tokenizer
+
+    def generate_async(
+        self,
+        inputs: str | list[int] | dict[str, list[int]],
+        sampling_params: SamplingParams | None = None,
+        lora_request: object | None = None,
+        prompt_adapter_request: object | None = None,
+        streaming: bool = False,
+        kv_cache_retention_config: object | None = None,
+        disaggregated_params: object | None = None,
+        _postproc_params: object | None = None,
+        scheduling_params: object | None = None,
+        cache_salt: str | None = None,
+    ) -> RequestOutput:
+        """Enqueue one request and return its handle at once (not a coroutine)."""
+        executor = self._executor
+        if executor is None or executor.is_shutdown():
+            raise RuntimeError("LLM is shutting down")
+        params = self._prepare_sampling_params(sampling_params)
+        prompt_ids = self._prompt_token_ids(inputs)
+        self._check_arguments(len(prompt_ids), params)
+        result = RequestOutput(
+            executor.new_request_id(), prompt_ids, params, executor, self._tokenizer
+        )
+        executor.enqueue(result)
+        return result
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+    def __enter__(self) -> BaseLLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _prepare_sampling_params(self, params: SamplingParams | None) -> SamplingParams:
+        if params is None:
+            params = SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"The sampling_params must be type SamplingParams, got {type(params)}")
+        if params.end_id is None:
+            if self._tokenizer is None:
+                raise ValueError(
+                    "tokenizer is required to reset end_id if it is None, or you can "
+                    "explicitly specify the end_id for sampling_params"
+                )
+            params._setup(self._tokenizer)
+        elif params.stop is not None and params._stop_word_ids is None:
+            # The real one fails later, in _get_stop_words, with this RuntimeError.
+            raise RuntimeError(f"SamplingParams.stop ({params.stop}) is not processed by tokenizer")
+        return params
+
+    def _prompt_token_ids(self, inputs: str | list[int] | dict[str, list[int]]) -> list[int]:
+        if isinstance(inputs, dict):
+            return list(inputs["prompt_token_ids"])
+        if isinstance(inputs, str):
+            if self._tokenizer is None:
+                raise ValueError("a text prompt needs a tokenizer")
+            return self._tokenizer.encode(inputs)
+        if isinstance(inputs, list):
+            return list(inputs)
+        raise TypeError(f"The inputs must be type str or list of int, but got {type(inputs)}")
+
+    def _check_arguments(self, prompt_len: int, params: SamplingParams) -> None:
+        raise NotImplementedError
+
+
+class _TorchLLM(BaseLLM):
+    _fields = COMMON_FIELDS | TORCH_ONLY_FIELDS
+
+    def __init__(self, model: str | Path, *args: Any, **kwargs: Any) -> None:
+        backend = kwargs.pop("backend", "pytorch")
+        trt_only = sorted(k for k in kwargs if k in TRT_ONLY_FIELDS)
+        if trt_only:
+            raise ValueError(
+                f"The following arguments are specific to TensorRT backend and cannot be used "
+                f"with PyTorch backend: {trt_only}.\nPlease use 'from "
+                f"tensorrt_llm._tensorrt_engine import LLM' instead to use the TensorRT backend."
+            )
+        super().__init__(model, *args, backend=backend, **kwargs)
+
+    def _check_arguments(self, prompt_len: int, params: SamplingParams) -> None:
+        max_num_tokens = self.args.max_num_tokens
+        if max_num_tokens and not self.args.enable_chunked_prefill and prompt_len > max_num_tokens:
+            raise ValueError(
+                f"The sum of prompt length ({prompt_len}), query length (0) should not exceed "
+                f"max_num_tokens ({max_num_tokens})"
+            )
+
+
+class _TrtLLM(BaseLLM):
+    _fields = COMMON_FIELDS | TRT_ONLY_FIELDS
+
+    def _check_arguments(self, prompt_len: int, params: SamplingParams) -> None:
+        max_seq_len = self.args.max_seq_len or _BUILT_MAX_SEQ_LEN
+        if prompt_len + params.max_tokens > max_seq_len:
+            raise ValueError(
+                f"The sum of prompt length ({prompt_len}) and query length (0) max_tokens "
+                f"({params.max_tokens}) should not exceed max_seq_len ({max_seq_len})"
+            )
+        if params.logprobs and not self.args.gather_generation_logits:
+            raise ValueError(
+                f"`sampling_params.logprobs={params.logprobs}` requires "
+                "`gather_generation_logits=True` to be passed explicitly to the `LLM()` "
+                "constructor."
+            )
+
+
+class LLM(_TorchLLM):
+    """The default ``tensorrt_llm.LLM``: the PyTorch backend."""
