@@ -112,7 +112,8 @@ def test_json_logs_carry_the_request_id():
         channel = grpc.insecure_channel(server.target)
         stub = pb_grpc.GenerationServiceStub(channel)
         call = stub.Generate(
-            pb.GenerateRequest(request_id="log-me", prompt="x", stopping=LONG.stopping)
+            pb.GenerateRequest(request_id="log-me", prompt="x", stopping=LONG.stopping),
+            metadata=TRACEPARENT,
         )
         next(call)
         call.cancel()
@@ -127,6 +128,6 @@ def test_json_logs_carry_the_request_id():
     entries = [json.loads(line) for line in server.log if line.startswith("{")]
     abort = next(e for e in entries if "aborted the engine request" in e["message"])
     assert abort["request_id"] == "log-me"
-    assert len(abort["trace_id"]) == 32
+    assert abort["trace_id"] == TRACE_ID  # the caller's trace, even with no exporter
     assert abort["level"] == "info" and abort["logger"] == "tokenwire.server"
     assert any("tokenwire serving" in e["message"] for e in entries)

@@ -146,7 +146,7 @@ class Calls:
             raise DuplicateRequestId(f"request_id {plan.request_id!r} is already in progress")
         self.live.add(plan.request_id)
         logs.request_id.set(plan.request_id)  # this call's task only
-        self._metrics.streams_active.add(1)
+        self._metrics.streams_active += 1
         progress = call.progress = Progress(started, plan.template.sampling.n)
         watched = call.watched = self._watchdog.watch(plan.request_id)
         handle: GenerationHandle | None = None
@@ -177,7 +177,7 @@ class Calls:
         finally:
             self._watchdog.forget(watched)
             self.live.discard(plan.request_id)
-            self._metrics.streams_active.add(-1)
+            self._metrics.streams_active -= 1
             if admitted_at is not None:
                 self._admission.release()
                 first = progress.first_token_at

@@ -10,6 +10,7 @@ Prometheus scrapes.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from wsgiref.simple_server import WSGIServer
 
@@ -60,40 +61,59 @@ class Metrics:
         meter = self._provider.get_meter("tokenwire")
         self._attrs = {"gen_ai.request.model": model, "gen_ai.system": engine}
 
-        self.streams_active = meter.create_up_down_counter(
-            "tokenwire_streams_active", description="Generate/Complete RPCs in progress"
-        )
-        self.requests = meter.create_counter(
-            "tokenwire_requests", description="Finished RPCs by method and gRPC status code"
-        )
-        self.aborts = meter.create_counter(
-            "tokenwire_aborts", description="Engine requests aborted, by reason"
-        )
-        self.tokens = meter.create_counter(
-            "tokenwire_tokens", description="Prompt and completion tokens"
-        )
-
+        # Counters and gauges are plain integers on the request path, turned into
+        # OpenTelemetry observations only when Prometheus scrapes: an SDK counter
+        # update costs microseconds, an integer increment nanoseconds.
+        self.streams_active = 0
+        self._requests: Counter[tuple[str, str]] = Counter()
         # Series exist from the start at 0, so rates and alerts work before the first event.
-        for reason in ABORT_REASONS:
-            self.aborts.add(0, {"reason": reason})
-        for kind in ("prompt", "completion"):
-            self.tokens.add(0, {"kind": kind})
+        self._aborts: Counter[str] = Counter(dict.fromkeys(ABORT_REASONS, 0))
+        self._tokens = {"prompt": 0, "completion": 0}
 
-        # Read when Prometheus scrapes, never on the request path.
-        def gauge(read: Callable[[], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
-            def observe(_: CallbackOptions) -> Iterable[Observation]:
-                yield Observation(read())
+        def observe(
+            values: Callable[[], Iterable[tuple[int | float, dict[str, str]]]],
+        ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            def callback(_: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(value, attrs) for value, attrs in values()]
 
-            return observe
+            return callback
 
+        meter.create_observable_up_down_counter(
+            "tokenwire_streams_active",
+            callbacks=[observe(lambda: [(self.streams_active, {})])],
+            description="Generate/Complete RPCs in progress",
+        )
+        meter.create_observable_counter(
+            "tokenwire_requests",
+            callbacks=[
+                observe(
+                    lambda: [
+                        (n, {"method": m, "code": c}) for (m, c), n in list(self._requests.items())
+                    ]
+                )
+            ],
+            description="Finished RPCs by method and gRPC status code",
+        )
+        meter.create_observable_counter(
+            "tokenwire_aborts",
+            callbacks=[
+                observe(lambda: [(n, {"reason": r}) for r, n in list(self._aborts.items())])
+            ],
+            description="Engine requests aborted, by reason",
+        )
+        meter.create_observable_counter(
+            "tokenwire_tokens",
+            callbacks=[observe(lambda: [(n, {"kind": k}) for k, n in list(self._tokens.items())])],
+            description="Prompt and completion tokens",
+        )
         meter.create_observable_gauge(
             "tokenwire_engine_requests_in_flight",
-            callbacks=[gauge(in_flight)],
+            callbacks=[observe(lambda: [(in_flight(), {})])],
             description="Engine requests submitted and not yet finished or aborted",
         )
         meter.create_observable_gauge(
             "tokenwire_queue_depth",
-            callbacks=[gauge(queue_depth)],
+            callbacks=[observe(lambda: [(queue_depth(), {})])],
             description="Requests admitted but waiting for an engine slot",
         )
         self.ttft = meter.create_histogram(
@@ -117,10 +137,10 @@ class Metrics:
         self._thread: threading.Thread | None = None
 
     def request_done(self, method: str, code: str) -> None:
-        self.requests.add(1, {"method": method, "code": code})
+        self._requests[method, code] += 1
 
     def aborted(self, reason: AbortReason, latency_s: float | None = None) -> None:
-        self.aborts.add(1, {"reason": reason})
+        self._aborts[reason] += 1
         if latency_s is not None:
             self.abort_latency.record(latency_s, {"reason": reason})
 
@@ -132,8 +152,8 @@ class Metrics:
         duration_s: float,
     ) -> None:
         """Once per engine request, at its end, whatever the ending."""
-        self.tokens.add(prompt_tokens, {"kind": "prompt"})
-        self.tokens.add(completion_tokens, {"kind": "completion"})
+        self._tokens["prompt"] += prompt_tokens
+        self._tokens["completion"] += completion_tokens
         self.duration.record(duration_s, self._attrs)
         if ttft_s is not None:
             self.ttft.record(ttft_s, self._attrs)

@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .engines.base import GenerationRequest
@@ -33,6 +33,7 @@ class Tracing:
         self._model = model
         self._engine = engine
         self._provider = TracerProvider(resource=Resource.create({"service.name": "tokenwire"}))
+        self._exporting = False
         if otlp_endpoint:
             self.add_exporter(_otlp_exporter(otlp_endpoint))
             log.info("exporting traces over OTLP to %s", otlp_endpoint)
@@ -42,6 +43,7 @@ class Tracing:
         """Send spans to ``exporter``: batched in the background, or one by one (tests)."""
         processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
         self._provider.add_span_processor(processor)
+        self._exporting = True
 
     @contextmanager
     def rpc_span(
@@ -49,6 +51,13 @@ class Tracing:
     ) -> Iterator[Span]:
         carrier = {k: v for k, v in metadata or () if isinstance(v, str)}
         parent = _PROPAGATOR.extract(carrier)
+        if not self._exporting:
+            # Nobody collects spans: skip recording (tens of microseconds a call),
+            # but keep the caller's trace id current for the logs.
+            caller = NonRecordingSpan(trace.get_current_span(parent).get_span_context())
+            with trace.use_span(caller, end_on_exit=False):
+                yield caller
+            return
         with self._tracer.start_as_current_span(
             f"{service}/{method}",
             context=parent,
@@ -67,6 +76,8 @@ class Tracing:
 
     @staticmethod
     def request(span: Span, request: GenerationRequest, operation: str) -> None:
+        if not span.is_recording():
+            return
         attributes: dict[str, str | int | float] = {
             "gen_ai.operation.name": operation,
             "gen_ai.response.id": request.request_id,
@@ -97,6 +108,8 @@ class Tracing:
         first_token_age_s: float | None,
     ) -> None:
         """Close out the span; ``first_token_age_s``: how long ago the first token came."""
+        if not span.is_recording():
+            return
         span.set_attribute("rpc.grpc.status_code", code)
         if first_token_age_s is not None:
             at = time.time_ns() - int(first_token_age_s * 1e9)
