@@ -1,0 +1,130 @@
+"""One sequence of a request, as the transformers worker advances it token by token.
+
+``LiveSequence.advance(logits)`` turns the model's next-token logits into a
+``SequenceDelta``: sample (``_hf_sampling``), detokenize without split characters
+(``_hf_text``), hold back possible stop strings (``text.StopStrings``), and decide
+whether the sequence ends:
+
+- an end-of-sequence id ends it with "stop" (unless ``ignore_eos``); the id is in
+  ``token_ids``, its text is not;
+- a stop token id ends it with "stop_sequence"; its text only with
+  ``include_stop_in_output``; neither can be drawn before ``min_tokens``;
+- a stop string ends it with "stop_sequence"; the text runs up to it (or through
+  it with ``include_stop_in_output``), and it is looked for from ``min_tokens`` on;
+- ``max_tokens`` ends it with "length".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._hf_handle import Job
+from ._hf_sampling import Sampler
+from ._hf_text import IncrementalDetokenizer
+from .base import FinishReason, SequenceDelta, TokenLogprob, TopLogprob
+from .text import StopStrings
+
+
+class LiveSequence:
+    """One of a job's n sequences: its sampler, text state, counters and batch position."""
+
+    __slots__ = (
+        "count",
+        "cumulative",
+        "detok",
+        "done",
+        "eos_ids",
+        "index",
+        "job",
+        "last",
+        "position",
+        "sampler",
+        "stops",
+        "tokenizer",
+    )
+
+    def __init__(
+        self,
+        job: Job,
+        index: int,
+        tokenizer: Any,
+        eos_ids: frozenset[int],
+        vocab_size: int,
+        device: torch.device,
+    ) -> None:
+        request = job.request
+        self.job, self.index, self.tokenizer, self.eos_ids = job, index, tokenizer, eos_ids
+        banned = job.stop_ids if request.ignore_eos else job.stop_ids | eos_ids
+        self.sampler = Sampler(
+            request.sampling,
+            index,
+            request.prompt_token_ids,
+            banned if request.min_tokens else (),
+            request.min_tokens,
+            vocab_size,
+            device,
+        )
+        self.detok = IncrementalDetokenizer(
+            tokenizer, request.prompt_token_ids, request.skip_special_tokens
+        )
+        self.stops = StopStrings(request.stop, request.include_stop_in_output)
+        self.position = len(request.prompt_token_ids)  # tokens in its cache row
+        self.count = 0  # tokens generated
+        self.last = 0  # the token to feed next
+        self.cumulative = 0.0
+        self.done = False
+
+    def advance(self, logits: torch.Tensor) -> SequenceDelta:
+        """Draw the next token from ``logits`` (vocabulary-sized); set ``done`` at the end."""
+        job, request = self.job, self.job.request
+        token, logprobs = self.sampler.sample(logits, self.count, request.logprobs)
+        self.count += 1
+        self.last = token
+        lps: tuple[TokenLogprob, ...] = ()
+        if logprobs is not None:
+            lps = (self._logprob(token, logprobs, request.top_logprobs),)
+            self.cumulative += lps[0].logprob
+        finish: FinishReason | None = None
+        match: str | int | None = None
+        if token in self.eos_ids and not request.ignore_eos:
+            finish = "stop"
+        elif token in job.stop_ids:
+            finish, match = "stop_sequence", token
+        text = ""
+        if finish is None or (match is not None and request.include_stop_in_output):
+            text = self.detok.push(token)
+        if finish is None and self.count >= request.max_tokens:
+            finish = "length"
+        if finish is not None:
+            text += self.detok.flush()
+        if self.stops and self.count >= request.min_tokens:
+            text, stop = self.stops.push(text)
+            if stop is not None:
+                finish, match = "stop_sequence", stop
+        if finish is not None and not isinstance(match, str):
+            text += self.stops.flush()
+        self.done = finish is not None
+        return SequenceDelta(
+            index=self.index,
+            token_ids=(token,),
+            text=text,
+            logprobs=lps,
+            cumulative_logprob=self.cumulative if request.logprobs else None,
+            finish_reason=finish,
+            stop_match=match,
+        )
+
+    def _logprob(self, token: int, logprobs: torch.Tensor, k: int) -> TokenLogprob:
+        top: tuple[TopLogprob, ...] = ()
+        if k:
+            values, ids = torch.topk(logprobs, min(k, logprobs.numel()))
+            id_list: list[int] = ids.tolist()
+            names = self.tokenizer.convert_ids_to_tokens(id_list)
+            top = tuple(
+                TopLogprob(i, name or "", v)
+                for i, name, v in zip(id_list, names, values.tolist(), strict=True)
+            )
+        name = self.tokenizer.convert_ids_to_tokens(token)
+        return TokenLogprob(token, name or "", float(logprobs[token]), top)

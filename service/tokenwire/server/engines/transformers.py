@@ -1,0 +1,183 @@
+"""A real model on CPU or CUDA through Hugging Face transformers, from a local directory.
+
+    engine = TransformersEngine.from_settings(Settings(engine="transformers", model="/models/x"))
+    await engine.start()          # loads in a thread; nothing is downloaded
+    handle = engine.submit(request)
+    async for step in handle: ...
+
+One worker thread owns the model and runs all live sequences as one batch, a
+token per step (``_hf_scheduler.py``); results reach the event loop through
+``loop.call_soon_threadsafe`` and wait in each handle's queue (``_hf_handle.py``).
+The library's own continuous batching is not used: it takes one generation
+config for all requests (no per-request seed, penalties or top logprobs).
+
+Devices: ``auto`` is CUDA when available, else CPU. Dtypes: ``auto`` is the
+checkpoint's own dtype on CUDA and float32 on CPU (half precision is slow there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._hf_handle import Event, TransformersHandle, dispatch
+from ._hf_loading import INSTALL_HINT, load
+from .base import (
+    EngineUnavailable,
+    GenerationRequest,
+    InvalidInput,
+    ModelDescription,
+    PromptInput,
+)
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from ._hf_scheduler import Scheduler
+
+log = logging.getLogger("tokenwire.engine.transformers")
+
+_DEFAULT_BATCH = 16
+_JOIN_TIMEOUT_S = 10.0
+
+
+class TransformersEngine:
+    """Implements ``Engine`` with a Hugging Face causal LM."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._model_dir = Path(settings.model).expanduser()
+        self._description = ModelDescription(
+            name=self._model_dir.name or settings.model,
+            engine="transformers",
+            max_context_length=settings.max_seq_len or 0,
+            vocab_size=0,
+            eos_token_id=0,
+        )
+        self._tokenizer: Any = None
+        self._scheduler: Scheduler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._live: set[TransformersHandle] = set()
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TransformersEngine:
+        for package in ("torch", "transformers", "tokenizers"):
+            if importlib.util.find_spec(package) is None:
+                raise EngineUnavailable(INSTALL_HINT)
+        return cls(settings)
+
+    @property
+    def description(self) -> ModelDescription:
+        return self._description
+
+    @property
+    def healthy(self) -> bool:
+        return not self._closed and self._scheduler is not None and self._scheduler.alive
+
+    async def start(self) -> None:
+        if self._scheduler is not None:
+            return
+        loaded = await asyncio.to_thread(load, self._settings, self._model_dir)
+        from ._hf_scheduler import Scheduler, SchedulerConfig
+
+        self._tokenizer = loaded.tokenizer
+        self._description = ModelDescription(
+            name=self._description.name,
+            engine="transformers",
+            max_context_length=loaded.max_context_length,
+            vocab_size=loaded.vocab_size,
+            eos_token_id=loaded.eos_token_id,
+        )
+        self._loop = asyncio.get_running_loop()
+        config = SchedulerConfig(
+            device=loaded.device,
+            max_batch_size=self._settings.max_batch_size or _DEFAULT_BATCH,
+            eos_ids=loaded.eos_ids,
+            text_vocab=min(loaded.vocab_size, len(loaded.tokenizer)),
+        )
+        self._scheduler = Scheduler(loaded.model, loaded.tokenizer, config, self._publish)
+        self._scheduler.start()
+        log.info(
+            "loaded %s on %s (%s), context %d, vocabulary %d",
+            self._model_dir,
+            loaded.device,
+            loaded.dtype,
+            loaded.max_context_length,
+            loaded.vocab_size,
+        )
+
+    async def tokenize(self, prompt: PromptInput, add_special_tokens: bool = True) -> list[int]:
+        tok = self._require_tokenizer()
+        if prompt.messages is not None:
+            if not getattr(tok, "chat_template", None):
+                raise InvalidInput("messages", "this model has no chat template")
+            messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+            try:
+                text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as error:  # templates raise on what they refuse (role order...)
+                raise InvalidInput(
+                    "messages", f"the chat template refused them: {error}"
+                ) from error
+            # A chat template writes its own BOS and markers, as apply_chat_template(tokenize=True).
+            ids: list[int] = tok.encode(text, add_special_tokens=False)
+            return ids
+        ids = tok.encode(prompt.text or "", add_special_tokens=add_special_tokens)
+        return ids
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        names = self._require_tokenizer().convert_ids_to_tokens(list(token_ids))
+        return [name or "" for name in names]
+
+    def submit(self, request: GenerationRequest) -> TransformersHandle:
+        scheduler = self._scheduler
+        if self._closed or scheduler is None or not scheduler.alive:
+            raise EngineUnavailable("the transformers engine is not running")
+        vocab = self._description.vocab_size
+        if not request.prompt_token_ids:
+            raise InvalidInput("token_ids.ids", "the prompt must not be empty")
+        for i, token in enumerate(request.prompt_token_ids):
+            if token >= vocab:
+                raise InvalidInput(
+                    f"token_ids.ids[{i}]", f"{token} is not below vocab size {vocab}"
+                )
+        context = self._description.max_context_length
+        if len(request.prompt_token_ids) + request.max_tokens > context:
+            raise InvalidInput("stopping.max_tokens", f"prompt + max_tokens exceed {context}")
+        handle = TransformersHandle(request, self._live.discard)
+        scheduler.add(handle.job)
+        self._live.add(handle)
+        return handle
+
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    @property
+    def running_sequences(self) -> int:
+        """Sequences in the worker's batch: aborted ones leave it before its next step."""
+        return 0 if self._scheduler is None else self._scheduler.live_sequences
+
+    async def close(self) -> None:
+        self._closed = True
+        for handle in list(self._live):
+            handle.abort()
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.stop()
+            if not await asyncio.to_thread(scheduler.join, _JOIN_TIMEOUT_S):
+                log.warning("the transformers worker did not stop within %.0fs", _JOIN_TIMEOUT_S)
+
+    def _require_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise EngineUnavailable("the transformers engine is not started")
+        return self._tokenizer
+
+    def _publish(self, events: list[Event]) -> None:
+        """Worker thread: hand a step's results to the event loop."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to read them
+            self._loop.call_soon_threadsafe(dispatch, events)

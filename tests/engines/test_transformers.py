@@ -1,0 +1,554 @@
+"""The transformers engine on a tiny random Llama built in code: through the seam, a real
+server, and the ``tokenwire-server`` command. Nothing downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import re
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from tokenwire.server.app import Server
+from tokenwire.server.engines import _hf_sampling
+from tokenwire.server.engines.base import (
+    ChatMessage,
+    EngineUnavailable,
+    GenerationHandle,
+    GenerationRequest,
+    InvalidInput,
+    PromptInput,
+    RequestFailed,
+    SamplingOptions,
+    SequenceDelta,
+)
+from tokenwire.server.engines.transformers import TransformersEngine
+from tokenwire.server.settings import Settings
+from tokenwire.v1 import generation_pb2 as pb
+from tokenwire.v1 import generation_pb2_grpc as pb_grpc
+
+from ..helpers import async_wait_for, start_server_process
+from .tiny_model import build_tiny_model, token_bytes
+
+PROMPT = "the quick brown fox"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+def settings(model_dir: Path, **values: Any) -> Settings:
+    return Settings(engine="transformers", model=str(model_dir), **values)
+
+
+@pytest.fixture
+async def engine(model_dir: Path) -> AsyncIterator[TransformersEngine]:
+    engine = TransformersEngine.from_settings(settings(model_dir))
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+@dataclass
+class Seq:
+    tokens: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    logprobs: list[Any] = field(default_factory=list)
+    cumulative: float | None = None
+    finish: str | None = None
+    match: str | int | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+async def prompt_ids(engine: TransformersEngine, text: str = PROMPT) -> tuple[int, ...]:
+    return tuple(await engine.tokenize(PromptInput(text=text)))
+
+
+def request(ids: tuple[int, ...], max_tokens: int = 16, **fields: Any) -> GenerationRequest:
+    names = SamplingOptions.__dataclass_fields__
+    sampling = SamplingOptions(**{k: fields.pop(k) for k in list(fields) if k in names})
+    return GenerationRequest(
+        request_id="r", prompt_token_ids=ids, max_tokens=max_tokens, sampling=sampling, **fields
+    )
+
+
+def absorb(out: dict[int, Seq], step: Sequence[SequenceDelta]) -> None:
+    for d in step:
+        seq = out.setdefault(d.index, Seq())
+        seq.tokens += d.token_ids
+        seq.texts.append(d.text)
+        seq.logprobs += d.logprobs
+        seq.cumulative = d.cumulative_logprob
+        seq.finish, seq.match = d.finish_reason, d.stop_match
+
+
+async def collect(handle: GenerationHandle, out: dict[int, Seq] | None = None) -> dict[int, Seq]:
+    out = {} if out is None else out
+    async with asyncio.timeout(30):
+        async for step in handle:
+            absorb(out, step)
+    return out
+
+
+async def run(engine: TransformersEngine, ids: tuple[int, ...], **fields: Any) -> dict[int, Seq]:
+    return await collect(engine.submit(request(ids, **fields)))
+
+
+def reference_text(tokenizer: Any, tokens: list[int]) -> str:
+    """The whole sequence decoded at once, less an incomplete last character."""
+    return str(tokenizer.decode(tokens, skip_special_tokens=True)).rstrip("\ufffd")
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+async def test_description_before_and_after_start(model_dir: Path, tokenizer: Any):
+    engine = TransformersEngine.from_settings(settings(model_dir, max_seq_len=512))
+    assert (engine.description.name, engine.description.engine) == ("tiny-llama", "transformers")
+    with pytest.raises(EngineUnavailable):
+        engine.submit(request((1, 2)))
+    await engine.start()
+    try:
+        d = engine.description
+        assert d.max_context_length == 512  # the config's 1024, capped by max_seq_len
+        assert d.vocab_size == len(tokenizer)
+        assert d.eos_token_id == tokenizer.eos_token_id
+        assert engine.healthy
+    finally:
+        await engine.close()
+    assert not engine.healthy
+    with pytest.raises(EngineUnavailable):
+        engine.submit(request((1, 2)))
+
+
+async def test_a_missing_or_invalid_model_directory_is_unavailable(tmp_path: Path):
+    for path in (tmp_path / "absent", tmp_path):
+        engine = TransformersEngine.from_settings(settings(path))
+        with pytest.raises(EngineUnavailable, match=re.escape(str(path))):
+            await engine.start()
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(EngineUnavailable, match=re.escape(str(tmp_path))):
+        await TransformersEngine.from_settings(settings(tmp_path)).start()
+
+
+def test_missing_packages_name_the_extra(model_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
+    )
+    with pytest.raises(EngineUnavailable, match=r"pip install 'tokenwire\[transformers\]'"):
+        TransformersEngine.from_settings(settings(model_dir))
+
+
+async def test_tokenize_text_and_chat(engine: TransformersEngine, tokenizer: Any):
+    ids = await engine.tokenize(PromptInput(text="café 日本語 🚀"))
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "café 日本語 🚀"
+    assert (await engine.tokenize(PromptInput(text="a"), add_special_tokens=False))[0] != ids[0]
+    assert engine.token_strings(ids[:2]) == ["<|bos|>", "c"]
+    chat = await engine.tokenize(PromptInput(messages=(ChatMessage("user", "hi"),)))
+    assert tokenizer.decode(chat) == "<|user|>hi\n<|assistant|>"
+    with pytest.raises(InvalidInput, match="must not be the assistant"):
+        await engine.tokenize(PromptInput(messages=(ChatMessage("assistant", "hi"),)))
+
+
+async def test_a_model_without_chat_template_rejects_messages(model_dir: Path, tmp_path: Path):
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    (bare / "chat_template.jinja").unlink()
+    engine = TransformersEngine.from_settings(settings(bare))
+    await engine.start()
+    try:
+        with pytest.raises(InvalidInput) as error:
+            await engine.tokenize(PromptInput(messages=(ChatMessage("user", "hi"),)))
+        assert error.value.field_path == "messages"
+    finally:
+        await engine.close()
+
+
+# --- generation through the seam -------------------------------------------------------
+
+
+async def test_greedy_stream_matches_transformers_generate(
+    engine: TransformersEngine, model_dir: Path, tokenizer: Any
+):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ids = await prompt_ids(engine)
+    seq = (await run(engine, ids, max_tokens=24, ignore_eos=True))[0]
+    assert seq.finish == "length" and len(seq.tokens) == 24
+    assert seq.text == reference_text(tokenizer, seq.tokens)
+    assert engine.in_flight() == 0
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    expected = model.generate(
+        torch.tensor([ids]), max_new_tokens=24, do_sample=False, min_new_tokens=24
+    )
+    assert seq.tokens == expected[0, len(ids) :].tolist()
+
+
+async def test_batching_does_not_change_greedy_output(engine: TransformersEngine):
+    """Requests with prompts of other lengths join a running batch (left padding) and
+    leave it at other times (rows dropped, pad columns cut): no sequence notices."""
+    texts = ("a", PROMPT, PROMPT * 3, "日本語 🚀")
+    prompts = [await prompt_ids(engine, text) for text in texts]
+    lengths = (48, 24, 13, 20)
+    fields = {"ignore_eos": True, "logprobs": True}
+    alone = [(await run(engine, p, max_tokens=48, **fields))[0] for p in prompts]
+
+    def submit(i: int) -> GenerationHandle:
+        return engine.submit(request(prompts[i], max_tokens=lengths[i], **fields))
+
+    handles = [submit(0), submit(1)]
+    outs: list[dict[int, Seq]] = [{} for _ in prompts]
+    for handle, out in zip(handles, outs, strict=False):
+        absorb(out, await anext(handle.__aiter__()))  # both are decoding now
+    handles += [submit(2), submit(3)]  # a longer and a shorter prompt join them
+    together = await asyncio.gather(
+        *(collect(h, out) for h, out in zip(handles, outs, strict=True))
+    )
+    for one, many, n in zip(alone, together, lengths, strict=True):
+        assert many[0].tokens == one.tokens[:n]
+        for a, b in zip(one.logprobs, many[0].logprobs, strict=False):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+async def test_seeded_sampling_is_reproducible(engine: TransformersEngine):
+    ids = await prompt_ids(engine)
+    first = await run(engine, ids, temperature=1.0, seed=11, n=2, max_tokens=20, ignore_eos=True)
+    again = await run(engine, ids, temperature=1.0, seed=11, n=2, max_tokens=20, ignore_eos=True)
+    other = await run(engine, ids, temperature=1.0, seed=12, max_tokens=20, ignore_eos=True)
+    assert first[0].tokens == again[0].tokens and first[1].tokens == again[1].tokens
+    assert first[0].tokens != first[1].tokens  # n sequences draw apart
+    assert other[0].tokens != first[0].tokens
+
+
+async def test_truncation_to_one_token_is_greedy(engine: TransformersEngine):
+    ids = await prompt_ids(engine)
+    greedy = (await run(engine, ids, ignore_eos=True))[0].tokens
+    for option in ({"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}):
+        sampled = await run(engine, ids, temperature=1.5, seed=5, ignore_eos=True, **option)
+        assert sampled[0].tokens == greedy, option
+
+
+async def test_penalties_discourage_repeats(engine: TransformersEngine):
+    ids = await prompt_ids(engine, "O")
+    plain = (await run(engine, ids, max_tokens=32, ignore_eos=True))[0].tokens
+    for option in ({"repetition_penalty": 3.0}, {"frequency_penalty": 2.0}):
+        penalised = (await run(engine, ids, max_tokens=32, ignore_eos=True, **option))[0].tokens
+        assert len(set(penalised)) > len(set(plain)), option
+
+
+async def test_logprobs_and_alternatives(engine: TransformersEngine):
+    ids = await prompt_ids(engine)
+    seq = (await run(engine, ids, logprobs=True, top_logprobs=3, ignore_eos=True))[0]
+    assert len(seq.logprobs) == len(seq.tokens)
+    for token, lp in zip(seq.tokens, seq.logprobs, strict=True):
+        assert lp.token_id == token and lp.logprob <= 0
+        assert [t.logprob for t in lp.top] == sorted((t.logprob for t in lp.top), reverse=True)
+        assert lp.top[0].token_id == token  # greedy takes the most likely
+        assert lp.token == engine.token_strings([token])[0]
+    assert seq.cumulative == pytest.approx(sum(lp.logprob for lp in seq.logprobs), rel=1e-5)
+
+
+async def test_stop_token_ids(engine: TransformersEngine, tokenizer: Any):
+    ids = await prompt_ids(engine)
+    tokens = (await run(engine, ids, max_tokens=24, ignore_eos=True))[0].tokens
+    k = next(i for i in range(3, 24) if tokens[i] not in tokens[:i])
+    for include in (False, True):
+        seq = (await run(engine, ids, stop_token_ids=(tokens[k],), include_stop_in_output=include))[
+            0
+        ]
+        assert (seq.finish, seq.match, seq.tokens) == ("stop_sequence", tokens[k], tokens[: k + 1])
+        assert seq.text == reference_text(tokenizer, tokens[: k + 1 if include else k])
+    # min_tokens bans the stop token until that many tokens exist.
+    seq = (await run(engine, ids, stop_token_ids=(tokens[0],), min_tokens=3))[0]
+    assert tokens[0] not in seq.tokens[:3]
+
+
+async def test_stop_strings_are_held_back_and_cut(engine: TransformersEngine):
+    ids = await prompt_ids(engine)
+    full = (await run(engine, ids, max_tokens=32, ignore_eos=True))[0].text
+    at = next(
+        p
+        for p in range(1, len(full) - 6)
+        if "\ufffd" not in full[p : p + 2] and full.find(full[p : p + 2]) == p
+    )
+    stop = full[at : at + 2]
+    for include in (False, True):
+        seq = (
+            await run(
+                engine, ids, max_tokens=32, stop=(stop, "never"), include_stop_in_output=include
+            )
+        )[0]
+        assert (seq.finish, seq.match) == ("stop_sequence", stop)
+        assert seq.text == full[: at + (2 if include else 0)]
+        assert all(stop not in t for t in seq.texts[:-1])  # never sent before it matched
+
+
+async def test_end_of_sequence_and_ignore_eos(engine: TransformersEngine, tokenizer: Any):
+    """Some seed draws EOS early: it ends the sequence ("stop"), or not with ignore_eos."""
+    ids = await prompt_ids(engine)
+    eos = tokenizer.eos_token_id
+    runs = await asyncio.gather(
+        *(run(engine, ids, temperature=2.0, seed=s, max_tokens=40) for s in range(48))
+    )
+    seed, seq = next((s, r[0]) for s, r in enumerate(runs) if r[0].finish == "stop")
+    assert seq.tokens[-1] == eos and eos not in seq.tokens[:-1]
+    longer = (await run(engine, ids, temperature=2.0, seed=seed, max_tokens=40, ignore_eos=True))[0]
+    assert longer.finish == "length" and longer.tokens[: len(seq.tokens)] == seq.tokens
+    assert "<|eos|>" not in longer.text  # skip_special_tokens is the default
+    shown = await run(
+        engine,
+        ids,
+        temperature=2.0,
+        seed=seed,
+        max_tokens=40,
+        ignore_eos=True,
+        skip_special_tokens=False,
+    )
+    assert "<|eos|>" in shown[0].text
+    early = (await run(engine, ids, temperature=2.0, seed=seed, max_tokens=40, min_tokens=40))[0]
+    assert eos not in early.tokens
+
+
+async def test_abort_mid_stream_frees_the_request_at_once(engine: TransformersEngine):
+    ids = await prompt_ids(engine)
+    handle = engine.submit(request(ids, max_tokens=1000, ignore_eos=True))
+    steps = handle.__aiter__()
+    async with asyncio.timeout(10):
+        assert (await anext(steps))[0].token_ids
+        handle.abort()
+        handle.abort()  # idempotent
+        assert engine.in_flight() == 0 and handle.finished
+        last = await anext(steps)
+        assert [d.finish_reason for d in last] == ["cancelled"]
+        with pytest.raises(StopAsyncIteration):
+            await anext(steps)
+    await async_wait_for(lambda: engine.running_sequences == 0, within=5)
+
+
+async def test_cancelled_waits_lose_no_tokens(engine: TransformersEngine):
+    """A consumer may time out a pending __anext__ and call again (streaming delays do)."""
+    ids = await prompt_ids(engine)
+    expected = (await run(engine, ids, max_tokens=64, ignore_eos=True))[0].tokens
+    handle = engine.submit(request(ids, max_tokens=64, ignore_eos=True))
+    got: list[int] = []
+    timeouts = 0
+    async with asyncio.timeout(30):
+        while not got or len(got) < 64:
+            try:
+                async with asyncio.timeout(0):  # gives up whenever nothing is ready
+                    step = await anext(handle.__aiter__())
+            except TimeoutError:
+                timeouts += 1
+                continue
+            got += step[0].token_ids
+    assert got == expected and timeouts > 0
+
+
+async def test_concurrent_requests_all_complete(engine: TransformersEngine):
+    ids = await prompt_ids(engine)
+    results = await asyncio.gather(
+        *(
+            run(engine, ids[: 2 + i % 4], temperature=1.0, seed=i, max_tokens=12 + i, n=1 + i % 2)
+            for i in range(12)
+        )
+    )
+    for i, result in enumerate(results):
+        assert len(result) == 1 + i % 2
+        assert all(s.finish in ("length", "stop") for s in result.values())
+    assert engine.in_flight() == 0
+    await async_wait_for(lambda: engine.running_sequences == 0, within=5)
+
+
+async def test_a_failing_request_fails_alone(
+    engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+):
+    sample = _hf_sampling.Sampler.sample
+
+    def broken(self: _hf_sampling.Sampler, logits: Any, generated: int, want: bool) -> Any:
+        if self._options.seed == 666 and generated == 3:
+            raise RuntimeError("boom")
+        return sample(self, logits, generated, want)
+
+    monkeypatch.setattr(_hf_sampling.Sampler, "sample", broken)
+    ids = await prompt_ids(engine)
+    bad, good = await asyncio.gather(
+        run(engine, ids, temperature=1.0, seed=666, max_tokens=20, ignore_eos=True),
+        run(engine, ids, temperature=1.0, seed=1, max_tokens=20, ignore_eos=True),
+        return_exceptions=True,
+    )
+    assert isinstance(bad, RequestFailed) and "boom" in str(bad)
+    assert isinstance(good, dict) and len(good[0].tokens) == 20
+    assert engine.in_flight() == 0 and engine.healthy
+
+
+async def test_close_aborts_live_requests_and_stops_the_worker(model_dir: Path):
+    engine = TransformersEngine.from_settings(settings(model_dir))
+    await engine.start()
+    handle = engine.submit(request(await prompt_ids(engine), max_tokens=1000, ignore_eos=True))
+    async with asyncio.timeout(10):
+        await anext(handle.__aiter__())
+        await engine.close()
+    assert handle.finished and engine.in_flight() == 0 and not engine.healthy
+
+
+# --- through a real server -------------------------------------------------------------
+
+
+@pytest.fixture
+async def hf_server(model_dir: Path) -> AsyncIterator[Server]:
+    server = Server(settings(model_dir, port=0, metrics_port=0))
+    await server.start()
+    yield server
+    await server.stop(grace=0)
+
+
+@pytest.fixture
+async def stub(hf_server: Server) -> AsyncIterator[pb_grpc.GenerationServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{hf_server.port}") as channel:
+        yield pb_grpc.GenerationServiceStub(channel)
+
+
+def generate_request(**sampling: Any) -> pb.GenerateRequest:
+    stopping = {
+        k: sampling.pop(k)
+        for k in list(sampling)
+        if k in pb.StoppingOptions.DESCRIPTOR.fields_by_name
+    }
+    stopping.setdefault("max_tokens", 24)
+    return pb.GenerateRequest(
+        prompt=sampling.pop("prompt", PROMPT),
+        sampling=pb.SamplingParams(**sampling),
+        stopping=pb.StoppingOptions(**stopping),
+    )
+
+
+async def test_model_info(stub: pb_grpc.GenerationServiceAsyncStub, tokenizer: Any):
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert (info.model, info.engine) == ("tiny-llama", "transformers")
+    assert (info.max_context_length, info.vocab_size) == (1024, len(tokenizer))
+
+
+async def test_stream_concatenates_to_complete(stub: pb_grpc.GenerationServiceAsyncStub):
+    req = generate_request(temperature=1.2, seed=3, n=2, ignore_eos=True)
+    texts, ids = ["", ""], [list[int](), list[int]()]
+    finishes = {}
+    async for msg in stub.Generate(req, timeout=30):
+        texts[msg.index] += msg.text
+        ids[msg.index] += msg.token_ids
+        if msg.finish_reason:
+            finishes[msg.index] = msg.finish_reason
+    done = await stub.Complete(req, timeout=30)
+    assert [c.text for c in done.choices] == texts
+    assert [list(c.token_ids) for c in done.choices] == ids
+    assert finishes == {0: pb.FINISH_REASON_LENGTH, 1: pb.FINISH_REASON_LENGTH}
+    assert done.usage.completion_tokens == 48
+
+
+async def test_split_characters_never_reach_the_wire(
+    stub: pb_grpc.GenerationServiceAsyncStub, tokenizer: Any
+):
+    """Random weights emit random bytes: characters split across tokens all the time."""
+    raw = token_bytes(tokenizer)
+
+    async def one(seed: int) -> int:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text, tokens, splits = "", list[int](), 0
+        req = generate_request(temperature=2.0, seed=seed, max_tokens=32, ignore_eos=True)
+        req.prompt = "日本語 🚀 café"
+        async for msg in stub.Generate(req, timeout=30):
+            pending = decoder.getstate()[0]
+            out = decoder.decode(b"".join(raw[t] for t in msg.token_ids))
+            splits += bool(pending and out and out[0] != "\ufffd")  # a whole char completed
+            text += msg.text
+            tokens += msg.token_ids
+        # Equal to decoding the sequence at once: no U+FFFD made by splitting.
+        assert text == reference_text(tokenizer, tokens)
+        return splits
+
+    splits = await asyncio.gather(*(one(seed) for seed in range(24)))
+    assert sum(splits) > 0
+
+
+async def test_stops_over_grpc(stub: pb_grpc.GenerationServiceAsyncStub):
+    full = await stub.Complete(generate_request(ignore_eos=True), timeout=30)
+    choice = full.choices[0]
+    token = choice.token_ids[4]
+    by_id = (await stub.Complete(generate_request(stop_token_ids=[token]), timeout=30)).choices[0]
+    assert by_id.finish_reason == pb.FINISH_REASON_STOP_SEQUENCE
+    assert by_id.stop_match.stop_token_id == token and by_id.token_ids[-1] == token
+    stop = next(
+        choice.text[p : p + 2]
+        for p in range(1, len(choice.text) - 2)
+        if "\ufffd" not in choice.text[p : p + 2]
+    )
+    by_text = (await stub.Complete(generate_request(stop=[stop]), timeout=30)).choices[0]
+    assert by_text.finish_reason == pb.FINISH_REASON_STOP_SEQUENCE
+    assert by_text.stop_match.stop_text == stop
+    assert by_text.text == choice.text[: choice.text.find(stop)]
+
+
+async def test_chat_over_grpc(stub: pb_grpc.GenerationServiceAsyncStub):
+    messages = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="hi 🚀")])
+    tokens = await stub.Tokenize(pb.TokenizeRequest(messages=messages))
+    done = await stub.Complete(
+        pb.GenerateRequest(messages=messages, stopping=pb.StoppingOptions(max_tokens=4)),
+        timeout=30,
+    )
+    assert done.usage.prompt_tokens == len(tokens.token_ids)
+
+
+async def test_cancel_and_deadline_free_the_engine(
+    hf_server: Server, stub: pb_grpc.GenerationServiceAsyncStub
+):
+    server = hf_server
+    long = generate_request(max_tokens=1000, ignore_eos=True)
+    call = stub.Generate(long)
+    first = await call.read()
+    assert isinstance(first, pb.GenerateResponse) and first.token_ids
+    call.cancel()
+    await async_wait_for(lambda: server.engine.in_flight() == 0, within=5)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        async for _ in stub.Generate(long, timeout=0.1):
+            pass
+    assert error.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await async_wait_for(lambda: server.engine.in_flight() == 0, within=5)
+    engine = server.engine
+    assert isinstance(engine, TransformersEngine)
+    await async_wait_for(lambda: engine.running_sequences == 0, within=5)
+
+
+def test_server_command(model_dir: Path):
+    server = start_server_process(["--engine", "transformers", "--model", str(model_dir)])
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.GenerationServiceStub(channel)
+            texts = [m.text for m in stub.Generate(generate_request(max_tokens=8), timeout=30)]
+            assert texts
+    finally:
+        assert server.stop() == 0
+    assert "loaded" in "".join(server.log) and str(model_dir) in "".join(server.log)

@@ -1,0 +1,95 @@
+"""A tiny random-weight Llama and a byte-level BPE tokenizer, built in code (nothing downloads).
+
+    path = build_tiny_model(tmp_path / "tiny")   # config, weights, tokenizer, chat template
+    token_bytes(tokenizer)                       # {id: raw bytes}, to check detokenization
+
+The tokenizer is trained on a small corpus that mixes accented, CJK and emoji text,
+with a vocabulary small enough that most multi-byte characters stay split across
+byte tokens: a random model then emits split characters (and invalid bytes) all
+the time, which is what the detokenizer tests need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+VOCAB_SIZE = 384
+CHAT_TEMPLATE = (
+    "{% if messages[-1].role == 'assistant' %}"
+    "{{ raise_exception('the last message must not be the assistant') }}{% endif %}"
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+_CORPUS = (
+    "the quick brown fox jumps over the lazy dog. ",
+    "a river runs through the old town, and the bridge is made of stone. ",
+    "café naïve über jalapeño façade déjà vu crème brûlée. ",
+    "日本語のテキスト 東京 大阪 你好 世界 한국어 안녕하세요. ",
+    "rockets 🚀 and parties 🎉 and hearts ❤️ and flags 🇯🇵. ",
+    "Ωmega € £ ¥ — “quotes” and «more»… ",
+    "def main():\n    return 42\n",
+)
+
+
+def build_tiny_model(path: Path) -> Path:
+    """Write a tiny Llama (2 layers, hidden 32) and its tokenizer to ``path``; return it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=[BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator([line * 4 for line in _CORPUS], trainer)
+    bos_id = bpe.token_to_id(BOS)
+    bpe.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, pad_token=PAD
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        initializer_range=0.3,
+        bos_token_id=bos_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def token_bytes(tokenizer: Any) -> dict[int, bytes]:
+    """The raw bytes of every token of a byte-level tokenizer; b"" for special tokens."""
+    # GPT-2's table of printable stand-ins for bytes, which ByteLevel uses.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    others = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+    special = set(tokenizer.all_special_ids)
+    return {
+        i: b"" if i in special else bytes(table[ch] for ch in name)
+        for name, i in tokenizer.get_vocab().items()
+    }
