@@ -1,8 +1,8 @@
 """Controls and records of the fake: test-only, no part of TensorRT-LLM's API.
 
 Tests reach them as ``tensorrt_llm._fake`` after importing the fake (the
-fixture in ``tests/engines/conftest.py`` puts it on ``sys.path`` and forgets it
-afterwards, so every test starts from these defaults).
+fixtures in ``tests/engines/test_tensorrt_llm.py`` and ``test_contract.py`` put it on
+``sys.path`` and forget it afterwards, so every test starts from these defaults).
 """
 
 from __future__ import annotations

@@ -157,6 +157,10 @@ class TensorRTLLMHandle:
         if final and isinstance(match, str) and match and not request.include_stop_in_output:
             # Runtime stop-word matches trim token_ids; make sure the text lost the stop too.
             end -= len(match) if text.endswith(match, 0, end) else 0
+        if final and type(match) is int and (not token_ids or token_ids[-1] != match):
+            # TensorRT-LLM trims a matched stop token id; tokenwire's contract keeps it
+            # (it was generated, and usage counts it), as the other engines do.
+            token_ids = [*token_ids, match]
         new_ids = token_ids[sent.tokens :]
         new_text = text[sent.chars : end]
         if not (new_ids or new_text or final):

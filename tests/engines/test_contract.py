@@ -1,0 +1,240 @@
+"""One contract for every engine: the same assertions against simulated, transformers and
+tensorrt-llm (the fake in tests/fakes, which behaves as shared/TRTLLM_API.md says), each
+served for real by a tokenwire server on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tokenwire.server.app import Server
+from tokenwire.server.engines.simtok import SimTokenizer
+from tokenwire.server.settings import Settings
+from tokenwire.v1 import generation_pb2 as pb
+from tokenwire.v1 import generation_pb2_grpc as pb_grpc
+
+from ..helpers import async_wait_for, sample
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+ENGINES = ["simulated", "transformers", "tensorrt-llm"]
+
+
+@dataclass
+class Served:
+    kind: str
+    server: Server
+    stub: pb_grpc.GenerationServiceAsyncStub
+    info: pb.ModelInfo
+    token_bytes: Callable[[int], bytes]  # a token's raw bytes (b"" for special tokens)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return sample(self.server.metrics.text().decode(), name, labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from .tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("contract") / "tiny-llama")
+
+
+def _forget_fake() -> None:
+    for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(params=ENGINES)
+async def served(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Served]:
+    kind: str = request.param
+    base: dict[str, Any] = {"port": 0, "metrics_port": 0}
+    sim = SimTokenizer()
+
+    def sim_bytes(token: int) -> bytes:
+        return b"" if sim.is_special(token) else sim.token_bytes(token)
+
+    token_bytes = sim_bytes  # the simulator's vocabulary; the fake TensorRT-LLM's too
+    if kind == "simulated":
+        settings = Settings(sim_ttft_ms=1, sim_itl_ms=2, **base)
+    elif kind == "transformers":
+        model = request.getfixturevalue("tiny_model")
+        settings = Settings(engine="transformers", model=str(model), **base)
+        from transformers import AutoTokenizer
+
+        from .tiny_model import token_bytes as hf_token_bytes
+
+        table = hf_token_bytes(AutoTokenizer.from_pretrained(model, local_files_only=True))
+        token_bytes = table.__getitem__
+    else:
+        _forget_fake()
+        monkeypatch.syspath_prepend(str(FAKES))
+        importlib.import_module("tensorrt_llm._fake").step_s = 0.002
+        settings = Settings(engine="tensorrt-llm", model="fake-model", **base)
+    server = Server(settings)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.GenerationServiceStub(channel)
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+    try:
+        yield Served(kind, server, stub, info, token_bytes)
+    finally:
+        await channel.close()
+        await server.stop(grace=0)
+        if kind == "tensorrt-llm":
+            _forget_fake()
+
+
+def gen(max_tokens: int = 24, seed: int = 7, n: int = 1, **fields: Any) -> pb.GenerateRequest:
+    fields.setdefault("prompt", "the quick brown fox")
+    stopping = fields.pop("stopping", None) or pb.StoppingOptions(
+        max_tokens=max_tokens, ignore_eos=True
+    )
+    # Seeded sampling, with top_p set: engines refuse several greedy answers to one request.
+    sampling = pb.SamplingParams(seed=seed, n=n, temperature=0.9, top_p=0.95)
+    return pb.GenerateRequest(sampling=sampling, stopping=stopping, **fields)
+
+
+async def stream(s: Served, req: pb.GenerateRequest) -> list[pb.GenerateResponse]:
+    return [m async for m in s.stub.Generate(req)]
+
+
+def by_index(messages: list[pb.GenerateResponse]) -> dict[int, list[pb.GenerateResponse]]:
+    out: dict[int, list[pb.GenerateResponse]] = {}
+    for m in messages:
+        out.setdefault(m.index, []).append(m)
+    return out
+
+
+async def test_streaming_matches_complete(served: Served) -> None:
+    req = gen(max_tokens=24)
+    messages = await stream(served, req)
+    assert len(messages) > 1
+    done = await served.stub.Complete(req)
+    assert "".join(m.text for m in messages) == done.choices[0].text
+    assert [t for m in messages for t in m.token_ids] == list(done.choices[0].token_ids)
+    assert messages[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    assert messages[-1].usage.completion_tokens == 24 == done.usage.completion_tokens
+    assert served.server.engine.in_flight() == 0
+
+
+async def test_n_sequences_stream_their_own_deltas(served: Served) -> None:
+    req = gen(max_tokens=12, n=2)
+    indexed = by_index(await stream(served, req))
+    done = await served.stub.Complete(req)
+    assert sorted(indexed) == [0, 1]
+    for choice in done.choices:
+        deltas = indexed[choice.index]
+        assert [t for m in deltas for t in m.token_ids] == list(choice.token_ids)
+        assert "".join(m.text for m in deltas) == choice.text
+        assert deltas[-1].completion_tokens == len(choice.token_ids) == 12
+        assert [m.finish_reason != 0 for m in deltas].count(True) == 1
+
+
+async def test_stop_token_id_ends_the_sequence(served: Served) -> None:
+    ids = [t for m in await stream(served, gen(max_tokens=16, seed=3)) for t in m.token_ids]
+    stop = ids[5]
+    first = ids.index(stop)
+    stopping = pb.StoppingOptions(max_tokens=16, ignore_eos=True, stop_token_ids=[stop])
+    messages = await stream(served, gen(seed=3, stopping=stopping))
+    assert [t for m in messages for t in m.token_ids] == ids[: first + 1]
+    assert messages[-1].finish_reason == pb.FINISH_REASON_STOP_SEQUENCE
+    assert messages[-1].stop_match.stop_token_id == stop
+
+
+async def test_stop_string_ends_the_text_before_it(served: Served) -> None:
+    full = "".join(m.text for m in await stream(served, gen(max_tokens=32, seed=5)))
+    # Two visible characters from the second half of the output make the stop string.
+    usable = [
+        full[i : i + 2]
+        for i in range(len(full) // 2, len(full) - 2)
+        if full[i : i + 2].isprintable()
+        and full[i : i + 2].strip()
+        and "\ufffd" not in full[i : i + 2]
+    ]
+    assert usable, full
+    stop = usable[0]
+    stopping = pb.StoppingOptions(max_tokens=32, ignore_eos=True, stop=[stop])
+    messages = await stream(served, gen(seed=5, stopping=stopping))
+    assert "".join(m.text for m in messages) == full[: full.index(stop)]
+    assert messages[-1].finish_reason == pb.FINISH_REASON_STOP_SEQUENCE
+    assert messages[-1].stop_match.stop_text == stop
+
+
+async def test_deltas_never_split_a_character(served: Served) -> None:
+    split = 0
+    for seed in range(8):
+        req = gen(max_tokens=40, seed=seed, prompt="café 日本語 🚀 naïve")
+        messages = await stream(served, req)
+        for m in messages:
+            m.text.encode("utf-8")  # valid on the wire
+            split += bool(m.token_ids) and not m.text
+        ids = [t for m in messages for t in m.token_ids]
+        whole = b"".join(served.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
+        streamed = "".join(m.text for m in messages)
+        # Deltas add up to the decode of the whole sequence: any U+FFFD in them is the
+        # model's own invalid bytes (random weights emit some), never one made by a
+        # split. Only the bytes of a character cut off by max_tokens may be missing.
+        assert whole.startswith(streamed), (streamed, whole)
+        assert set(whole[len(streamed) :]) <= {"\ufffd"}
+    assert split, "no character was split across tokens: the test proves nothing"
+
+
+async def test_cancel_and_deadline_free_the_engine_request(served: Served) -> None:
+    room = served.info.max_context_length - 32
+    long = gen(max_tokens=min(room, 4000))
+    calls = [served.stub.Generate(long) for _ in range(3)]
+    for call in calls:
+        assert (await call.read()).token_ids
+    for call in calls:
+        call.cancel()
+    await async_wait_for(lambda: served.server.engine.in_flight() == 0, within=10)
+    await async_wait_for(lambda: served.metric("tokenwire_aborts_total", reason="cancelled") == 3)
+
+    async def expire() -> grpc.StatusCode:
+        try:
+            await served.stub.Complete(long, timeout=0.05)
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    codes = await asyncio.gather(*(expire() for _ in range(3)))
+    assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+    await async_wait_for(lambda: served.server.engine.in_flight() == 0, within=10)
+    assert served.metric("tokenwire_aborts_total", reason="deadline") == 3
+
+
+@pytest.mark.parametrize(
+    ("req", "field"),
+    [
+        (gen(stopping=pb.StoppingOptions(max_tokens=0)), "stopping.max_tokens"),
+        (pb.GenerateRequest(token_ids=pb.TokenIds(ids=[10**7])), "token_ids.ids[0]"),
+        (pb.GenerateRequest(prompt="x", sampling=pb.SamplingParams(top_p=2)), "sampling.top_p"),
+    ],
+)
+async def test_errors_map_to_status_codes(
+    served: Served, req: pb.GenerateRequest, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await served.stub.Complete(req)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (info.value.details() or "")
+
+
+async def test_prompt_beyond_the_context_is_refused(served: Served) -> None:
+    too_long = pb.StoppingOptions(max_tokens=served.info.max_context_length)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await served.stub.Complete(gen(stopping=too_long))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "stopping.max_tokens" in (info.value.details() or "")
+    assert served.server.engine.in_flight() == 0
