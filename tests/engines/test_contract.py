@@ -64,7 +64,8 @@ async def served(
     def sim_bytes(token: int) -> bytes:
         return b"" if sim.is_special(token) else sim.token_bytes(token)
 
-    token_bytes = sim_bytes  # the simulator's vocabulary; the fake TensorRT-LLM's too
+    # The simulator's vocabulary, which the fake TensorRT-LLM shares.
+    token_bytes: Callable[[int], bytes] = sim_bytes
     if kind == "simulated":
         settings = Settings(sim_ttft_ms=1, sim_itl_ms=2, **base)
     elif kind == "transformers":
@@ -79,7 +80,8 @@ async def served(
     else:
         _forget_fake()
         monkeypatch.syspath_prepend(str(FAKES))
-        importlib.import_module("tensorrt_llm._fake").step_s = 0.002
+        fake: Any = importlib.import_module("tensorrt_llm._fake")
+        fake.step_s = 0.002
         settings = Settings(engine="tensorrt-llm", model="fake-model", **base)
     server = Server(settings)
     await server.start()
@@ -195,7 +197,8 @@ async def test_cancel_and_deadline_free_the_engine_request(served: Served) -> No
     long = gen(max_tokens=min(room, 4000))
     calls = [served.stub.Generate(long) for _ in range(3)]
     for call in calls:
-        assert (await call.read()).token_ids
+        first = await call.read()
+        assert isinstance(first, pb.GenerateResponse) and first.token_ids
     for call in calls:
         call.cancel()
     await async_wait_for(lambda: served.server.engine.in_flight() == 0, within=10)
