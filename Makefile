@@ -7,7 +7,7 @@ NODE_STAMP := node_modules/.installed
 PROTO_SRC := protos/tokenwire/v1/generation.proto
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: serve test lint typecheck proto proto-check buf-lint pytest clean
+.PHONY: serve tiny-model test lint typecheck proto proto-check buf-lint pytest clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ $(NODE_STAMP): package.json package-lock.json
 serve: $(STAMP)
 	$(BIN)/tokenwire-server
 
-test: $(STAMP) $(NODE_STAMP) proto-check lint typecheck buf-lint pytest
+# A tiny random-weight model, built in code (nothing downloads), for trying
+# TOKENWIRE_ENGINE=transformers TOKENWIRE_MODEL=models/tiny-llama make serve.
+tiny-model: $(STAMP)
+	$(BIN)/python -m tests.engines.tiny_model models/tiny-llama
+
+test: $(STAMP) $(NODE_STAMP) proto-check lint typecheck buf-lint pytest helm-check node-check buf-breaking
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos \
@@ -55,3 +60,40 @@ pytest: $(STAMP)
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+
+# --- Kubernetes and other languages ------------------------------------------
+HELM_VENV := .venv-helm
+HELM_STAMP := $(HELM_VENV)/.installed
+CLIENT_NODE_STAMP := clients/node/node_modules/.installed
+
+.PHONY: helm-check node-check buf-breaking
+
+$(HELM_STAMP): helm/check-requirements.txt
+	@test -x $(HELM_VENV)/bin/python || $(PYTHON) -m venv $(HELM_VENV)
+	$(HELM_VENV)/bin/python -m pip install -q -r helm/check-requirements.txt
+	@touch $@
+
+# The chart: helm lint --strict, render with every value set (defaults and
+# helm/tokenwire/ci/), Kubernetes 1.30 schemas, the chart's promises, checkov.
+helm-check: $(STAMP) $(HELM_STAMP)
+	$(BIN)/mypy --python-executable $(HELM_VENV)/bin/python scripts/helm_check.py
+	$(HELM_VENV)/bin/python scripts/helm_check.py
+
+$(CLIENT_NODE_STAMP): clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The Node.js client against a real server (pytest skips it until this installs it).
+node-check: $(STAMP) $(CLIENT_NODE_STAMP)
+	$(BIN)/pytest -q tests/e2e/test_node_client.py
+
+# Breaking changes to the contract, against the previous commit: main moves one
+# reviewed commit at a time, so HEAD~1 is the contract clients last built
+# against (a branch name would compare a branch with itself once merged). A
+# clone with a single commit (or a depth-1 CI checkout) has nothing to compare.
+buf-breaking: $(NODE_STAMP)
+	@if git rev-parse -q --verify 'HEAD~1^{commit}' >/dev/null; then \
+		npx --no-install buf breaking --against '.git#ref=HEAD~1'; \
+	else \
+		echo "buf-breaking: no previous commit to compare with: skipped"; \
+	fi

@@ -93,3 +93,10 @@ def token_bytes(tokenizer: Any) -> dict[int, bytes]:
         i: b"" if i in special else bytes(table[ch] for ch in name)
         for name, i in tokenizer.get_vocab().items()
     }
+
+
+if __name__ == "__main__":  # make tiny-model: a model directory to serve by hand
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "models/tiny-llama")
+    print(build_tiny_model(target))
