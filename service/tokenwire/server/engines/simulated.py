@@ -162,6 +162,7 @@ class _SimHandle:
 
     def __init__(self, engine: SimulatedEngine, request: GenerationRequest, now: float) -> None:
         self._engine = engine
+        self._loop = asyncio.get_running_loop()
         self._tok = engine.tokenizer
         self._request = request
         self._next_due = now + engine._config.ttft_s
@@ -176,6 +177,8 @@ class _SimHandle:
         self._remaining = request.sampling.n
         self._aborted = False
         self._stop_ids = frozenset(request.stop_token_ids)
+        # Most requests ask for plain text: one token at a time needs no lists.
+        self._plain = not (request.logprobs or request.stop or request.stop_token_ids)
 
     @property
     def finished(self) -> bool:
@@ -192,18 +195,21 @@ class _SimHandle:
         if self._remaining == 0:
             raise StopAsyncIteration
         if not self._aborted:
-            delay = self._next_due - asyncio.get_running_loop().time()
+            delay = self._next_due - self._loop.time()
             # Sleep until the next token is due; at itl 0 still yield to the loop
             # once per step, as a real engine's queue would.
-            await asyncio.sleep(max(delay, 0.0))
+            await asyncio.sleep(delay if delay > 0 else 0)
         if self._aborted:
             return self._cancel_all()
         steps = 1
         if self._itl > 0:
-            overdue = asyncio.get_running_loop().time() - self._next_due
+            overdue = self._loop.time() - self._next_due
             steps = min(_MAX_CATCH_UP, 1 + max(0, int(overdue / self._itl)))
             self._next_due += steps * self._itl
-        deltas = [self._advance(seq, steps) for seq in self._sequences if not seq.done]
+        if steps == 1 and self._plain:
+            deltas = [self._advance_one(seq) for seq in self._sequences if not seq.done]
+        else:
+            deltas = [self._advance(seq, steps) for seq in self._sequences if not seq.done]
         if self._remaining == 0:
             self._engine._release(self)
         return deltas
@@ -221,6 +227,23 @@ class _SimHandle:
                 deltas.append(SequenceDelta(seq.index, (), "", finish_reason="cancelled"))
         self._remaining = 0
         return deltas
+
+    def _advance_one(self, seq: _Sequence) -> SequenceDelta:
+        """``_advance`` for one token of a request with no logprobs and no stops."""
+        token = self._next_token(seq)
+        seq.count += 1
+        finish: FinishReason | None = None
+        if token == EOS_ID:
+            finish, text = "stop", ""
+        else:
+            text = seq.utf8.push(self._tok.token_bytes(token))
+            if seq.count >= self._request.max_tokens:
+                finish = "length"
+        if finish is not None:
+            seq.done = True
+            self._remaining -= 1
+            seq.utf8.finish()
+        return SequenceDelta(seq.index, (token,), text, (), None, finish)
 
     def _advance(self, seq: _Sequence, steps: int) -> SequenceDelta:
         request = self._request
