@@ -1,0 +1,337 @@
+"""Check the Helm chart the way CI does: ``make helm-check`` runs this in ``.venv-helm``.
+
+For the chart's defaults and every ``helm/tokenwire/ci/*-values.yaml``:
+
+1. ``helm lint --strict`` (helm-python-sdk: the Helm v4 SDK, no helm binary);
+2. render, and validate every manifest against the Kubernetes 1.30 schemas in
+   strict mode (kubernetes-validate: unknown fields fail);
+3. assert what the chart promises: gRPC probes on grpc.health.v1 (on the
+   plaintext health port when TLS or API keys are on), a termination grace
+   above the server's drain, TLS and key files mounted read-only with the
+   TOKENWIRE_* variable pointing at them, GPU limits, only documented settings.
+
+Then one checkov scan over all the renders (skips justified in
+``helm/.checkov.yaml``), and values the chart must refuse are refused.
+Rendered manifests are left in ``build/helm-check/`` for reading.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate.utils as kv  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "tokenwire"
+OUT = ROOT / "build" / "helm-check"
+KUBE_VERSION = "1.30.0"
+RELEASE, NAMESPACE = "tw", "inference"
+# Custom resources the Kubernetes schemas do not know, and their required shape.
+CRD_FIELDS = {"ServiceMonitor": ("spec.selector", "spec.endpoints")}
+GRPC_SERVICE = "tokenwire.v1.GenerationService"
+
+Manifest = dict[str, Any]
+
+
+def fail(message: str) -> None:
+    raise SystemExit(f"helm-check: {message}")
+
+
+def check(condition: object, message: str) -> None:
+    if not condition:
+        fail(message)
+
+
+def value_sets() -> dict[str, dict[str, Any]]:
+    sets: dict[str, dict[str, Any]] = {"default": {}}
+    for path in sorted((CHART / "ci").glob("*-values.yaml")):
+        sets[path.name.removesuffix("-values.yaml")] = helm.values_from_yaml(path.read_text())
+    return sets
+
+
+def lint(name: str, values: dict[str, Any]) -> None:
+    report = helm.lint(
+        CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}"
+    )
+    # Severity 1 is informational ("icon is recommended"); 2 warning, 3 error.
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    check(not problems, f"{name}: helm lint --strict: {problems}")
+
+
+def render(chart: helm.Chart, name: str, values: dict[str, Any]) -> list[Manifest]:
+    """Render, write each template to build/helm-check/<set>/, parse the manifests."""
+    rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    folder = OUT / name
+    folder.mkdir(parents=True)
+    manifests: list[Manifest] = []
+    for template, text in sorted(rendered.items()):
+        if template.endswith("NOTES.txt"):
+            walkthrough = ("port-forward", "Health/Check", "GenerationService/Generate")
+            check(all(w in text for w in walkthrough), f"{name}: NOTES.txt lacks the grpcurl steps")
+            continue
+        if not text.strip():
+            continue
+        (folder / template.replace("/", "_")).write_text(text)
+        for document in re.split(r"^---\s*$", text, flags=re.MULTILINE):
+            if document.strip():
+                manifests.append(helm.values_from_yaml(document))
+    return manifests
+
+
+def validate(name: str, manifest: Manifest) -> None:
+    kind, title = manifest.get("kind", "?"), f"{name}: {manifest.get('kind')}"
+    try:
+        kv.validate(manifest, KUBE_VERSION, strict=True)
+    except kv.SchemaNotFoundError:
+        check(kind in CRD_FIELDS, f"{title}: no schema for this kind")
+        for path in CRD_FIELDS[kind]:
+            check(dig(manifest, path) is not None, f"{title}: {path} missing")
+    except kv.ValidationError as error:
+        path = ".".join(str(p) for p in error.path)
+        fail(f"{title}/{manifest['metadata']['name']}: {path}: {error.message}")
+
+
+def dig(data: Any, path: str) -> Any:
+    for key in path.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def one(manifests: list[Manifest], kind: str, component: str = "server") -> Manifest:
+    found = [
+        m
+        for m in manifests
+        if m["kind"] == kind
+        and m["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    ]
+    check(len(found) == 1, f"expected one {kind} ({component}), found {len(found)}")
+    return found[0]
+
+
+def documented_flags() -> set[str]:
+    return set(re.findall(r"`--([a-z0-9-]+)`", (ROOT / "docs" / "operations.md").read_text()))
+
+
+def check_properties(name: str, v: dict[str, Any], manifests: list[Manifest]) -> None:
+    """What the chart promises, for the merged values ``v`` of one set."""
+    deployment = one(manifests, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    server = next(c for c in pod["containers"] if c["name"] == "server")
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    check(len(env) == len(server["env"]), f"{name}: an environment variable is set twice")
+    mounts = {m["mountPath"]: m for m in server.get("volumeMounts", [])}
+    volumes = {vol["name"]: vol for vol in pod["volumes"]}
+
+    # Every TOKENWIRE_* variable is a documented server setting.
+    flags = documented_flags()
+    for var in (e for e in env if e.startswith("TOKENWIRE_")):
+        flag = var.removeprefix("TOKENWIRE_").lower().replace("_", "-")
+        check(flag in flags, f"{name}: {var} is not a setting in docs/operations.md")
+    check(env["TOKENWIRE_ENGINE"] == v["engine"]["kind"], f"{name}: engine not mapped")
+    check(env["TOKENWIRE_HOST"] == v["server"]["host"], f"{name}: host not mapped")
+
+    # Probes: native gRPC on grpc.health.v1, on the plaintext port when guarded.
+    guarded = v["tls"]["enabled"] or v["auth"]["enabled"]
+    probe_port = v["server"]["healthPort"] if guarded else v["server"]["port"]
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc = server[kind].get("grpc")
+        check(grpc and grpc["port"] == probe_port, f"{name}: {kind} is not grpc on {probe_port}")
+    for kind in ("startupProbe", "readinessProbe"):
+        check(server[kind]["grpc"]["service"] == GRPC_SERVICE, f"{name}: {kind} service")
+    startup = server["startupProbe"]
+    check(
+        startup["periodSeconds"] * startup["failureThreshold"] >= 600,
+        f"{name}: the startup probe allows less than 10 minutes for a model load",
+    )
+    check(
+        (env.get("TOKENWIRE_HEALTH_PORT") is not None) == bool(guarded),
+        f"{name}: the health port is opened exactly when TLS or API keys are on",
+    )
+
+    # Shutdown: Kubernetes waits longer than the preStop sleep plus the drain.
+    grace = float(env["TOKENWIRE_SHUTDOWN_GRACE_S"])
+    check(grace == v["server"]["shutdownGraceS"], f"{name}: shutdown grace not mapped")
+    sleep = dig(server, "lifecycle.preStop.sleep.seconds") or 0
+    check(
+        pod["terminationGracePeriodSeconds"] > grace + sleep,
+        f"{name}: terminationGracePeriodSeconds must exceed the preStop sleep + drain",
+    )
+
+    # Locked down: non-root, read-only root with a writable /tmp, no capabilities.
+    security = server["securityContext"]
+    check(security["runAsNonRoot"] and security["readOnlyRootFilesystem"], f"{name}: root")
+    check(security["capabilities"]["drop"] == ["ALL"], f"{name}: capabilities")
+    check(not security["allowPrivilegeEscalation"], f"{name}: privilege escalation")
+    check("emptyDir" in volumes[mounts["/tmp"]["name"]], f"{name}: /tmp is not an emptyDir")
+    if v["sharedMemory"]["enabled"]:
+        shm = volumes[mounts["/dev/shm"]["name"]]["emptyDir"]
+        check(shm["medium"] == "Memory", f"{name}: /dev/shm is not memory-backed")
+
+    # GPUs are limits of the resource the device plugin advertises.
+    limits = server["resources"].get("limits", {})
+    gpus = v["gpu"]["count"]
+    check(limits.get(v["gpu"]["resourceName"], 0) == gpus, f"{name}: GPU limit")
+    if gpus == 0:
+        check(server["image"].endswith("-cpu"), f"{name}: CPU pods default to the -cpu image")
+
+    # Secrets are read-only directory mounts, and the variable names the file in it.
+    def mounted_file(var: str, secret: str) -> None:
+        path = env.get(var)
+        check(path is not None, f"{name}: {var} is not set")
+        mount = mounts.get(str(Path(str(path)).parent), {})
+        check(mount.get("readOnly"), f"{name}: {path} is not on a read-only mount")
+        check("subPath" not in mount, f"{name}: subPath mounts never see a rotated secret")
+        source = volumes[mount["name"]]["secret"]
+        check(source["secretName"] == secret, f"{name}: {var} reads the wrong secret")
+        check(
+            Path(str(path)).name in {i["path"] for i in source["items"]},
+            f"{name}: {var} names a file the secret volume does not hold",
+        )
+
+    if v["tls"]["enabled"]:
+        mounted_file("TOKENWIRE_TLS_CERT", v["tls"]["secretName"])
+        mounted_file("TOKENWIRE_TLS_KEY", v["tls"]["secretName"])
+        if v["tls"]["clientCASecretName"]:
+            mounted_file("TOKENWIRE_TLS_CLIENT_CA", v["tls"]["clientCASecretName"])
+    else:
+        check("TOKENWIRE_TLS_CERT" not in env, f"{name}: TLS set without tls.enabled")
+    if v["auth"]["enabled"]:
+        mounted_file("TOKENWIRE_API_KEYS_FILE", v["auth"]["existingSecret"])
+
+    # The Service speaks h2c (plaintext gRPC) or TLS, named for gateways.
+    service = next(m for m in manifests if m["kind"] == "Service" and "clusterIP" not in m["spec"])
+    grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    expected = "https" if v["tls"]["enabled"] else "kubernetes.io/h2c"
+    check(grpc_port["appProtocol"] == expected, f"{name}: appProtocol {grpc_port}")
+    headless = [m for m in manifests if m["kind"] == "Service" and "clusterIP" in m["spec"]]
+    check(len(headless) == int(v["service"]["headless"]["enabled"]), f"{name}: headless")
+
+    # Autoscaling replaces the replica count.
+    hpas = [m for m in manifests if m["kind"] == "HorizontalPodAutoscaler"]
+    check(len(hpas) == int(v["autoscaling"]["enabled"]), f"{name}: HPA")
+    if hpas:
+        check("replicas" not in deployment["spec"], f"{name}: replicas fight the HPA")
+        metrics = [dig(m, "pods.metric.name") for m in hpas[0]["spec"]["metrics"]]
+        queue = v["autoscaling"]["queueDepth"]
+        check((queue["metricName"] in metrics) == queue["enabled"], f"{name}: queue metric")
+
+    # helm test: a hook pod with pinned images, never selected as a server.
+    if v["tests"]["enabled"]:
+        test = one(manifests, "Pod", component="test")
+        check(test["metadata"]["annotations"]["helm.sh/hook"] == "test", f"{name}: test hook")
+        for c in test["spec"]["initContainers"] + test["spec"]["containers"]:
+            check(not c["image"].endswith(":latest"), f"{name}: unpinned test image")
+
+
+# Values the chart must refuse: (why, values, words of the error).
+REFUSED: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown engine", {"engine": {"kind": "vllm"}}, "/engine/kind"),
+    ("port out of range", {"server": {"port": 70000}}, "/server/port"),
+    ("negative replicas", {"replicaCount": -1}, "/replicaCount"),
+    ("unknown top-level key", {"replicas": 2}, "'replicas' not allowed"),
+    ("GPU count as text", {"gpu": {"count": "two"}}, "/gpu/count"),
+    ("bad storage type", {"modelStorage": {"type": "s3"}}, "/modelStorage/type"),
+    ("tensorrt-llm without GPUs", {"engine": {"kind": "tensorrt-llm"}}, "gpu.count"),
+    ("TLS without a secret", {"tls": {"enabled": True}}, "tls.secretName"),
+    ("keys without a secret", {"auth": {"enabled": True}}, "auth.existingSecret"),
+    (
+        "mutual TLS test without a client certificate",
+        {"tls": {"enabled": True, "secretName": "s", "clientCASecretName": "ca"}},
+        "tests.clientCertSecretName",
+    ),
+]
+
+
+def check_refusals(chart: helm.Chart) -> None:
+    for why, values, words in REFUSED:
+        try:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm.HelmError as error:
+            check(words in str(error), f"refused {why}, but the error does not say so: {error}")
+        else:
+            fail(f"the chart accepted values it must refuse: {why}")
+
+
+def check_documented_values() -> None:
+    """helm-docs style: every leaf of values.yaml, or an ancestor, has a `# --` comment."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    covered: int | None = None  # indent of a documented key whose value is a block
+    for number, line in enumerate(lines):
+        match = re.match(r"^( *)[A-Za-z][\w.-]*:(.*)$", line)
+        if not match:
+            continue
+        indent, inline = len(match.group(1)), match.group(2).strip()
+        if covered is not None and indent > covered:
+            continue
+        covered = None
+        above = number - 1
+        while above >= 0 and lines[above].lstrip().startswith("#"):
+            above -= 1
+        comments = lines[above + 1 : number]
+        if any(c.startswith(" " * indent + "# -- ") for c in comments):
+            covered = None if inline else indent
+        else:
+            check(not inline, f"values.yaml line {number + 1}: no `# --` comment")
+
+
+def check_images(defaults: dict[str, Any]) -> None:
+    """The images (hadolint lints them) run as the chart's uid, expose its ports."""
+    uid = defaults["securityContext"]["runAsUser"]
+    ports = {defaults["server"][key] for key in ("port", "metricsPort", "healthPort")}
+    for name in ("Dockerfile", "Dockerfile.cpu"):
+        text = (ROOT / name).read_text()
+        check(f"\nUSER {uid}:{uid}\n" in text, f"{name}: USER is not the chart's runAsUser {uid}")
+        exposed = {int(p) for ps in re.findall(r"^EXPOSE (.+)$", text, re.M) for p in ps.split()}
+        check(ports <= exposed, f"{name}: EXPOSE {exposed} lacks the chart's ports {ports}")
+        check("TOKENWIRE_HOST=0.0.0.0" in text, f"{name}: the server must listen beyond loopback")
+        entrypoint = re.search(r'^ENTRYPOINT \[.*"tokenwire-server"\]$', text, re.M)
+        check(entrypoint, f"{name}: ENTRYPOINT is not tokenwire-server")
+    gpu, cpu = (ROOT / "Dockerfile").read_text(), (ROOT / "Dockerfile.cpu").read_text()
+    base = re.search(r"^ARG TRTLLM_IMAGE=nvcr.io/nvidia/tensorrt-llm/release:(\S+)$", gpu, re.M)
+    check(base and base.group(1) != "latest", "Dockerfile: pin a TensorRT-LLM release tag")
+    check("[tensorrt-llm]" not in gpu, "Dockerfile: the base image brings tensorrt_llm")
+    check("--index-url https://download.pytorch.org/whl/cpu" in cpu, "Dockerfile.cpu: CPU torch")
+
+
+def checkov() -> None:
+    binary = shutil.which("checkov", path=str(Path(sys.executable).parent))
+    check(binary, "checkov is not installed in this environment")
+    result = subprocess.run(
+        [str(binary), "-d", str(OUT), "--framework", "kubernetes", "--skip-download",
+         "--config-file", str(ROOT / "helm" / ".checkov.yaml"), "--compact", "--quiet"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    check(result.returncode == 0, f"checkov found problems:\n{result.stdout}{result.stderr}")
+
+
+def main() -> None:
+    started = time.monotonic()
+    shutil.rmtree(OUT, ignore_errors=True)
+    sets = value_sets()
+    with helm.Chart.load(CHART) as chart:
+        for name, values in sets.items():
+            lint(name, values)
+            manifests = render(chart, name, values)
+            for manifest in manifests:
+                validate(name, manifest)
+            check_properties(name, chart.merge_values(values), manifests)
+            print(f"helm-check: {name}: lint, {len(manifests)} manifests valid, properties hold")
+        check_refusals(chart)
+        check_images(chart.values)
+    check_documented_values()
+    checkov()
+    print(
+        f"helm-check: {len(sets)} value sets, {len(REFUSED)} refusals and checkov passed"
+        f" in {time.monotonic() - started:.0f}s"
+    )
+
+
+if __name__ == "__main__":
+    main()
