@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 PROTO_SRC := protos/tokenwire/v1/generation.proto
 TORCH_VERSION ?= 2.13.0
+# Defined before any rule names them: prerequisites expand when a rule is read.
+HELM_VENV := .venv-helm
+HELM_STAMP := $(HELM_VENV)/.installed
+CLIENT_NODE_STAMP := clients/node/node_modules/.installed
 
 .PHONY: serve tiny-model test lint typecheck proto proto-check buf-lint pytest clean
 
@@ -63,10 +67,6 @@ clean:
 	rm -rf $(VENV) $(HELM_VENV) node_modules clients/node/node_modules .mypy_cache .ruff_cache .pytest_cache
 
 # --- Kubernetes and other languages ------------------------------------------
-HELM_VENV := .venv-helm
-HELM_STAMP := $(HELM_VENV)/.installed
-CLIENT_NODE_STAMP := clients/node/node_modules/.installed
-
 .PHONY: helm-check node-check buf-breaking
 
 $(HELM_STAMP): helm/check-requirements.txt
