@@ -29,10 +29,11 @@ class _FaultyHandle:
         self._engine = engine
         self._inner = inner
         self._steps = 0
+        self._failed = False
 
     @property
     def finished(self) -> bool:
-        return bool(self._inner.finished)  # type: ignore[attr-defined]
+        return self._failed or bool(self._inner.finished)  # type: ignore[attr-defined]
 
     @property
     def cached_prompt_tokens(self) -> int:
@@ -45,6 +46,9 @@ class _FaultyHandle:
         self._steps += 1
         if self._steps > self._engine.after:
             if self._engine.fault == "raise":
+                # As the real engines do: a failed request is over, its slot freed.
+                self._inner.abort()  # type: ignore[attr-defined]
+                self._failed = True
                 raise RequestFailed("injected failure")
             if self._engine.fault == "hang":
                 await asyncio.Event().wait()  # until cancelled

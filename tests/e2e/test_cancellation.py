@@ -14,6 +14,7 @@ import pytest
 
 from tokenwire.server.app import Server
 from tokenwire.v1 import generation_pb2 as pb
+from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from ..helpers import async_wait_for, metric_value, sample, wait_for
 
@@ -173,3 +174,26 @@ async def test_abort_latency_is_measured(make_server, stub_for):
     await async_wait_for(lambda: metric(server, count, reason="cancelled") == 10)
     # How fast is the benchmark's business (bench/); here: every abort is measured.
     assert metric(server, "tokenwire_abort_latency_seconds_sum", reason="cancelled") > 0
+
+
+async def test_shutdown_counts_cut_streams_as_unavailable_and_client_cancels_as_cancelled():
+    from tokenwire.server.settings import Settings
+
+    server = Server(Settings(port=0, metrics_port=0, sim_ttft_ms=1, sim_itl_ms=10))
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.GenerationServiceStub(channel)
+    cut, left = stub.Generate(LONG), stub.Generate(LONG)
+    await cut.read()
+    await left.read()
+    stopping = asyncio.create_task(server.stop(grace=0.5))
+    await async_wait_for(lambda: server.calls.grace_ends_at is not None)
+    left.cancel()  # its client leaves during the grace: a plain cancel
+    await async_wait_for(lambda: metric(server, "tokenwire_aborts_total", reason="cancelled") == 1)
+    await asyncio.wait_for(stopping, 10)  # the other one is cut when the grace runs out
+    # The server has stopped, and with it its exporter: read the counters behind it.
+    assert server.metrics._aborts["shutdown"] == 1
+    assert server.metrics._aborts["cancelled"] == 1
+    assert server.metrics._requests["Generate", "UNAVAILABLE"] == 1
+    assert server.metrics._requests["Generate", "CANCELLED"] == 1
+    await channel.close()

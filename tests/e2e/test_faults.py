@@ -56,7 +56,11 @@ async def test_engine_error_mid_stream_is_internal_and_the_server_goes_on(
             await stub.Complete(LONG)
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert "injected failure" in (info.value.details() or "")
-    assert metric(faulty_server, "tokenwire_aborts_total", reason="error") == 1
+    # The engine ended the request itself: nothing left for the server to abort.
+    assert metric(faulty_server, "tokenwire_aborts_total", reason="error") == 0
+    assert faulty_server.engine.in_flight() == 0
+    code = "INTERNAL"
+    assert metric(faulty_server, "tokenwire_requests_total", method=method, code=code) == 1
     faulty_server.engine.fault = "none"  # the engine recovers; the server never went down
     assert (await stub.Complete(SHORT)).choices
     await assert_healthy(faulty_server, stub)

@@ -99,18 +99,25 @@ def bearer(key: str) -> tuple[tuple[str, str], ...]:
 
 async def test_api_keys(make_server, tmp_path):
     keys = tmp_path / "keys"
-    keys.write_text("# rotated weekly\nfile-key-1\n\nfile-key-2\n")
+    keys.write_text("# rotated weekly\nfile-key-1\n\n  # retired: old-key\nfile-key-2\n")
     server = await make_server(api_key="flag-key", api_keys_file=keys)
     target = f"127.0.0.1:{server.port}"
     for key in ("flag-key", "file-key-1", "file-key-2"):
         assert (await complete(grpc.aio.insecure_channel(target), metadata=bearer(key))).choices
-    for metadata in ((), bearer("wrong"), bearer(""), (("authorization", "flag-key"),)):
+    refused = (
+        (),
+        bearer("wrong"),
+        bearer(""),
+        bearer("# retired: old-key"),
+        (("authorization", "flag-key"),),
+    )
+    for metadata in refused:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await complete(grpc.aio.insecure_channel(target), metadata=metadata)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "flag-key" not in (info.value.details() or "")
     assert (
-        metric(server, "tokenwire_requests_total", method="Complete", code="UNAUTHENTICATED") == 4
+        metric(server, "tokenwire_requests_total", method="Complete", code="UNAUTHENTICATED") == 5
     )
     assert server.engine.in_flight() == 0
 

@@ -56,3 +56,19 @@ async def test_deadline_checks_start_after_warm_up():
         await admission.acquire(0.6)
     admission.release()
     assert admission.expected_wait(3) == pytest.approx(2.0)
+
+
+async def test_a_waiter_cancelled_before_the_slot_is_handed_on():
+    admission = Admission(slots=1, max_queue=5)
+    await admission.acquire(None)
+    first = asyncio.create_task(admission.acquire(None))
+    second = asyncio.create_task(admission.acquire(None))
+    await asyncio.sleep(0)
+    first.cancel()  # the client leaves first...
+    admission.release()  # ...then the slot frees: it must skip `first` and reach `second`
+    with pytest.raises(asyncio.CancelledError):  # a cancel, not an error
+        await first
+    await asyncio.wait_for(second, 1)
+    assert admission.busy == 1 and admission.queue_depth == 0
+    admission.release()
+    assert admission.busy == 0

@@ -72,7 +72,7 @@ class Admission:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self._hand_on()  # the slot was passed to us as we left: pass it on
-            else:
+            elif waiter in self._waiters:  # else _hand_on already dropped it, cancelled
                 self._waiters.remove(waiter)
             raise
         return loop.time() - started

@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_health.v1.health import aio as health_aio
 
-from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from . import reflection
 from .admission import Admission
-from .calls import Calls
+from .calls import SERVICE, Calls
 from .convert import Limits
 from .engines import Engine, create_engine
 from .interceptors import MalformedRequests
@@ -35,7 +35,6 @@ from .watchdog import Watchdog
 
 log = logging.getLogger("tokenwire.server")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 
 # Long prefills keep a stream silent for a while: let clients ping every 10 s
 # without data (the grpc default answers such pings with GOAWAY after 300 s).
@@ -123,7 +122,7 @@ class Server:
         pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if s.reflection:
-            reflection.enable((SERVICE_NAME, HEALTH_SERVICE_NAME), self._server)
+            reflection.enable((SERVICE, HEALTH_SERVICE), self._server)
         address = f"{_host(s.host)}:{s.port}"
         if s.tls_cert is not None and s.tls_key is not None:
             credentials = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
@@ -160,7 +159,7 @@ class Server:
         """Drain: NOT_SERVING at once, refuse new calls, let live ones run up to
         ``grace`` seconds (default: settings), abort the rest, close the engine."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        self.calls.draining = True
+        self.calls.grace_ends_at = time.monotonic() + grace
         if self._monitor is not None:
             self._monitor.cancel()
         await self.health.enter_graceful_shutdown()
@@ -178,7 +177,7 @@ class Server:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE):
             await self.health.set(service, status)
 
     async def _watch_engine(self, period_s: float = 0.5) -> None:

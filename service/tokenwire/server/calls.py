@@ -42,6 +42,7 @@ Context = grpc.aio.ServicerContext[object, object]
 
 DEADLINE_SLACK_S = 0.05
 SERVICE = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+"""The generation service's full name, for health, reflection and spans."""
 
 
 class Call:
@@ -86,7 +87,9 @@ class Calls:
         self._admission = admission
         self._watchdog = watchdog
         self.live: set[str] = set()  # request ids of live generations
-        self.draining = False  # set on shutdown: cancellations then count as "shutdown"
+        # On shutdown, when the grace runs out: calls cancelled after it were cut by
+        # the shutdown (UNAVAILABLE, abort reason "shutdown"), not by their clients.
+        self.grace_ends_at: float | None = None
 
     @asynccontextmanager
     async def rpc(self, method: str, context: Context) -> AsyncIterator[Call]:
@@ -151,9 +154,6 @@ class Calls:
         watched = call.watched = self._watchdog.watch(plan.request_id)
         handle: GenerationHandle | None = None
         admitted_at: float | None = None
-        ended_at: list[float] = []  # when grpc saw the call end (a cancel, say)
-        # The stubs type the callback as a nominal class no function can match.
-        context.add_done_callback(lambda _: ended_at.append(time.perf_counter()))  # type: ignore[arg-type]
         try:
             prompt_ids = plan.token_ids
             if plan.prompt is not None:
@@ -168,7 +168,12 @@ class Calls:
             yield Generation(plan, handle, progress, watched)
         except BaseException as error:
             if handle is not None and not handle.finished:
-                learned = min(ended_at, default=time.perf_counter())
+                # From when the server learnt of it: the cancel reaching this task, or,
+                # for a deadline, the moment it passed.
+                learned = time.perf_counter()
+                remaining = context.time_remaining()
+                if remaining is not None and remaining < 0:
+                    learned += remaining
                 handle.abort()
                 progress.abort_reason = self._abort_reason(error, context, watched)
                 self._metrics.aborted(progress.abort_reason, time.perf_counter() - learned)
@@ -194,6 +199,7 @@ class Calls:
                 self._metrics.generation_done(
                     progress.prompt_tokens,
                     progress.completion_tokens,
+                    max(progress.counts),
                     None if first is None else first - started,
                     time.perf_counter() - started,
                 )
@@ -204,16 +210,20 @@ class Calls:
         if watched.stall == "engine":
             return "error"
         if isinstance(error, asyncio.CancelledError):
-            if self._cancel_code(context) is grpc.StatusCode.DEADLINE_EXCEEDED:
+            code = self._cancel_code(context)
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
                 return "deadline"
-            return "shutdown" if self.draining else "cancelled"
+            return "shutdown" if code is grpc.StatusCode.UNAVAILABLE else "cancelled"
         return "error"
 
-    @staticmethod
-    def _cancel_code(context: Context) -> grpc.StatusCode:
+    def _cancel_code(self, context: Context) -> grpc.StatusCode:
+        """Why grpc cancelled the handler: the deadline, the shutdown, or the client."""
         remaining = context.time_remaining()
         if remaining is not None and remaining <= DEADLINE_SLACK_S:
             return grpc.StatusCode.DEADLINE_EXCEEDED
+        ends = self.grace_ends_at
+        if ends is not None and time.monotonic() >= ends - DEADLINE_SLACK_S:
+            return grpc.StatusCode.UNAVAILABLE
         return grpc.StatusCode.CANCELLED
 
 

@@ -8,8 +8,7 @@ Error tree::
     ├── DuplicateRequestId        ALREADY_EXISTS
     ├── Overloaded                RESOURCE_EXHAUSTED, google.rpc.RetryInfo
     ├── DeadlineTooShort          DEADLINE_EXCEEDED, refused before using the engine
-    ├── ReaderStalled             RESOURCE_EXHAUSTED: the client stopped reading
-    └── Draining                  UNAVAILABLE
+    └── ReaderStalled             RESOURCE_EXHAUSTED: the client stopped reading
     EngineError                   (engines/base.py)
     ├── EngineUnavailable         UNAVAILABLE
     │   └── EngineStalled         (this module) the engine stopped advancing a request
@@ -75,10 +74,6 @@ class ReaderStalled(ServiceError):
 
 class EngineStalled(EngineUnavailable):
     """The engine produced nothing for a request within the engine stall timeout."""
-
-
-class Draining(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,9 +103,8 @@ class ApiKeys(grpc.aio.ServerInterceptor):
         if self._files is None or self._file is None or not self._files.changed():
             return
         lines = self._file.read_text().splitlines()
-        self._from_file = [
-            line.strip().encode() for line in lines if line.strip() and not line.startswith("#")
-        ]
+        keys = (line.strip() for line in lines)
+        self._from_file = [key.encode() for key in keys if key and not key.startswith("#")]
         log.info("API keys loaded: %d from %s", len(self._from_file), self._file)
 
     def authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:

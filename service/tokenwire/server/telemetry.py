@@ -130,7 +130,7 @@ class Metrics:
         self.abort_latency = meter.create_histogram(
             "tokenwire_abort_latency",
             unit="s",
-            description="From learning of a cancel, deadline or stall to abort() returning",
+            description="From a cancel reaching the call, or its deadline passing, to abort() returning",
             explicit_bucket_boundaries_advisory=_ABORT_BUCKETS,
         )
         self._server: WSGIServer | None = None
@@ -148,6 +148,7 @@ class Metrics:
         self,
         prompt_tokens: int,
         completion_tokens: int,
+        sequence_tokens: int,
         ttft_s: float | None,
         duration_s: float,
     ) -> None:
@@ -157,8 +158,8 @@ class Metrics:
         self.duration.record(duration_s, self._attrs)
         if ttft_s is not None:
             self.ttft.record(ttft_s, self._attrs)
-            if completion_tokens > 1:
-                self.tpot.record((duration_s - ttft_s) / (completion_tokens - 1), self._attrs)
+            if sequence_tokens > 1:  # the longest sequence: n of them run side by side
+                self.tpot.record((duration_s - ttft_s) / (sequence_tokens - 1), self._attrs)
 
     def text(self) -> bytes:
         """The Prometheus exposition, as /metrics serves it."""
