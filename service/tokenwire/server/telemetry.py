@@ -130,7 +130,7 @@ class Metrics:
         self.abort_latency = meter.create_histogram(
             "tokenwire_abort_latency",
             unit="s",
-            description="From a cancel reaching the call, or its deadline passing, to abort() returning",
+            description="From a cancel reaching the call, or a deadline passing, to abort()",
             explicit_bucket_boundaries_advisory=_ABORT_BUCKETS,
         )
         self._server: WSGIServer | None = None
