@@ -101,3 +101,13 @@ buf-breaking: $(NODE_STAMP)
 	else \
 		echo "buf-breaking: no previous commit to compare with: skipped"; \
 	fi
+
+# --- Benchmark (issue 6) -----------------------------------------------------
+.PHONY: bench
+
+# Every scenario, against the bare grpc.aio and FastAPI SSE baselines in the same
+# run (under 10 minutes): bench/results/<date>.{json,md,png}, docs/performance.md.
+# A smoke run of every scenario at tiny sizes is part of the test suite
+# (tests/bench/test_smoke.py).
+bench: $(STAMP)
+	$(BIN)/python -m bench

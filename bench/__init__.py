@@ -1,0 +1,14 @@
+"""tokenwire's benchmark harness (issue 6): figures as ratios to baselines measured in the same run.
+
+    make bench          # every scenario, full sizes (under 10 minutes); writes bench/results/
+    tests/bench/test_smoke.py: every scenario, tiny sizes, into a temporary folder
+
+Processes (all on 127.0.0.1, each its own interpreter, sharing the machine's cores):
+
+    orchestrator (cli.py, scenarios.py)   starts servers, samples their RSS, writes the report
+    ├── tokenwire-server                  the system under test, simulated engine
+    ├── bare_grpc.py                      baseline (a): the bare grpc.aio transport ceiling
+    ├── sse_peer.py                       baseline (b): FastAPI SSE, as vLLM / trtllm-serve stream
+    ├── worker.py                         the load generator (grpc.aio and aiohttp on uvloop)
+    └── worker.py                         a second one, SIGSTOPped: the slow readers
+"""

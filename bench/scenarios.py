@@ -1,0 +1,190 @@
+"""The scenarios, orchestrated: servers up, the load generator driven, figures collected.
+
+The baselines run in the same scenario as tokenwire, on the same engine settings,
+interleaved point by point (the order rotates every repetition), so that noise
+from anything else on the machine falls on all of them alike.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import TypeVar
+
+from . import promtext
+from .procs import ServerProcess, Worker, servers
+from .records import (
+    CancelSample,
+    LatencySample,
+    SaturationSample,
+    ServerKind,
+    StreamSpec,
+)
+from .sizes import Sizes
+from .stats import median, quantile
+from .summary import SERIES, CancelSummary, LatencySummary, latency_summary
+
+MANY = ["--max-concurrent-requests=4096", "--max-queue=4096"]  # no admission limit in the way
+KINDS: tuple[ServerKind, ...] = ("tokenwire", "bare", "sse")
+T = TypeVar("T")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _rotated(items: Sequence[T], by: int) -> list[T]:
+    by %= len(items)
+    return [*items[by:], *items[:by]]
+
+
+def wait_idle(server: ServerProcess, within: float = 10.0) -> None:
+    """Between points: tokenwire's engine and calls back to 0 (bounded); a pause otherwise."""
+    if server.metrics_url is None:
+        time.sleep(0.2)
+        return
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        text = promtext.scrape(server.metrics_url)
+        busy = promtext.value(text, "tokenwire_engine_requests_in_flight") + promtext.value(
+            text, "tokenwire_streams_active"
+        )
+        if busy == 0:
+            return
+        time.sleep(0.05)
+    log(f"warning: tokenwire still busy {within:.0f}s after a point")
+
+
+def saturation(sizes: Sizes, worker: Worker) -> list[SaturationSample]:
+    flags: dict[ServerKind, list[str]] = {
+        "tokenwire": ["--sim-ttft-ms=0", "--sim-itl-ms=0", *MANY],
+        "bare": [],
+        "sse": ["--ttft-ms=0", "--itl-ms=0"],
+    }
+    samples: list[SaturationSample] = []
+    timeout = sizes.warmup_s + sizes.window_s + 60.0
+    with servers(flags) as running:
+        for rep in range(sizes.repetitions):
+            for streams in sizes.saturation_streams:
+                for kind, step in _rotated(SERIES, rep):
+                    if step not in sizes.saturation_steps:
+                        continue
+                    raw = worker.call(
+                        "saturate",
+                        timeout,
+                        target=running[kind].target,
+                        spec=StreamSpec(sizes.saturation_max_tokens, step),
+                        streams=streams,
+                        warmup_s=sizes.warmup_s,
+                        window_s=sizes.window_s,
+                    )
+                    sample = SaturationSample(**raw)
+                    samples.append(sample)
+                    log(
+                        f"saturation {rep + 1}/{sizes.repetitions} {kind:9} step {step} "
+                        f"{streams:5} streams: {sample.tokens_per_s:9,.0f} tokens/s "
+                        f"{sample.messages_per_s:9,.0f} msgs/s, server "
+                        f"{_us(sample.server_cpu_s, sample.messages):5.1f} us/msg, client "
+                        f"{_us(sample.client_cpu_s, sample.messages):5.1f} us/msg, others "
+                        f"{sample.other_cpu_s / sample.window_s:4.0%} CPU"
+                        + (f", {sample.errors} errors" if sample.errors else "")
+                    )
+                    wait_idle(running[kind])
+        worker.call("close", 30.0)
+    return samples
+
+
+def _us(cpu_s: float, count: int) -> float:
+    return cpu_s / count * 1e6 if count else math.nan
+
+
+def latency_and_cancellation(
+    sizes: Sizes, worker: Worker
+) -> tuple[dict[ServerKind, LatencySummary], CancelSummary]:
+    ttft, itl = sizes.latency_ttft_ms, sizes.latency_itl_ms
+    flags: dict[ServerKind, list[str]] = {
+        "tokenwire": [f"--sim-ttft-ms={ttft}", f"--sim-itl-ms={itl}", *MANY],
+        "bare": [f"--ttft-ms={ttft}", f"--itl-ms={itl}"],
+        "sse": [f"--ttft-ms={ttft}", f"--itl-ms={itl}"],
+    }
+    spec = StreamSpec(sizes.latency_max_tokens, 1)
+    reps: dict[ServerKind, list[LatencySample]] = {k: [] for k in KINDS}
+    timeout = sizes.latency_warmup_s + sizes.latency_window_s + 60.0
+    with servers(flags) as running:
+        for rep in range(sizes.repetitions):
+            for kind in _rotated(KINDS, rep):
+                raw = worker.call(
+                    "latency",
+                    timeout,
+                    target=running[kind].target,
+                    spec=spec,
+                    streams=sizes.latency_streams,
+                    ttft_s=ttft / 1000.0,
+                    itl_s=itl / 1000.0,
+                    warmup_s=sizes.latency_warmup_s,
+                    window_s=sizes.latency_window_s,
+                )
+                sample = LatencySample(**raw)
+                reps[kind].append(sample)
+                log(
+                    f"latency {rep + 1}/{sizes.repetitions} {kind:9}: added per token p50 "
+                    f"{quantile(sample.token_delays, 0.5) * 1e3:.2f} ms p99 "
+                    f"{quantile(sample.token_delays, 0.99) * 1e3:.2f} ms, TTFT p99 "
+                    f"{quantile(sample.ttft_delays, 0.99) * 1e3:.2f} ms"
+                )
+                wait_idle(running[kind])
+        summaries = {kind: latency_summary(kind, reps[kind]) for kind in KINDS}
+        cancel = cancellation(sizes, worker, running["tokenwire"], spec)
+        worker.call("close", 30.0)
+    return summaries, cancel
+
+
+def cancellation(
+    sizes: Sizes, worker: Worker, server: ServerProcess, spec: StreamSpec
+) -> CancelSummary:
+    """Rounds of streams cancelled together on tokenwire (at the latency settings)."""
+    assert server.metrics_url is not None
+    before = promtext.scrape(server.metrics_url)
+    samples: list[CancelSample] = []
+    for rep in range(sizes.repetitions):
+        raw = worker.call(
+            "cancel",
+            30.0 + sizes.cancel_rounds * 15.0,
+            target=server.target,
+            spec=spec,
+            rounds=sizes.cancel_rounds,
+            streams=sizes.cancel_streams,
+        )
+        sample = CancelSample(**raw)
+        samples.append(sample)
+        log(
+            f"cancellation {rep + 1}/{sizes.repetitions}: engine idle after the last cancel "
+            f"p50 {quantile(sample.idle_s, 0.5) * 1e3:.1f} ms, max "
+            f"{max(sample.idle_s, default=math.nan) * 1e3:.1f} ms"
+        )
+    wait_idle(server)
+    after = promtext.scrape(server.metrics_url)
+    hist_after = promtext.buckets(after, promtext.ABORT_LATENCY)
+    counts = None
+    if hist_after is not None:
+        counts = promtext.delta(hist_after, promtext.buckets(before, promtext.ABORT_LATENCY))
+    idle = [s for sample in samples for s in sample.idle_s]
+    cancelled_label = {"reason": "cancelled"}
+    return CancelSummary(
+        rounds=sizes.cancel_rounds * sizes.repetitions,
+        streams_per_round=sizes.cancel_streams,
+        cancelled=sum(s.cancelled for s in samples),
+        aborts_counted=promtext.value(after, "tokenwire_aborts_total", cancelled_label)
+        - promtext.value(before, "tokenwire_aborts_total", cancelled_label),
+        abort_histogram=counts is not None,
+        abort_count=max(counts.values()) if counts else 0.0,
+        abort_p50_ms=promtext.histogram_quantile(0.5, counts) * 1e3 if counts else math.nan,
+        abort_p99_ms=promtext.histogram_quantile(0.99, counts) * 1e3 if counts else math.nan,
+        idle_p50_ms=quantile(idle, 0.5) * 1e3,
+        idle_p99_ms=quantile(idle, 0.99) * 1e3,
+        idle_max_ms=max(idle, default=math.nan) * 1e3,
+        idle_timeouts=sum(s.timeouts for s in samples),
+        scrape_p50_ms=median([quantile(s.scrape_s, 0.5) * 1e3 for s in samples]),
+    )

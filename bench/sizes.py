@@ -1,0 +1,78 @@
+"""How big each scenario is: the full run (``make bench``) and the smoke run (tests/bench).
+
+The full sizes keep ``make bench`` under 10 minutes on our 2-core machines; the
+smoke sizes run every code path in well under a minute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    name: str
+    repetitions: int
+    # Saturation: --sim-itl-ms 0, closed loop (a finished stream is replaced at once).
+    saturation_streams: tuple[int, ...]
+    saturation_steps: tuple[int, ...]
+    saturation_max_tokens: int
+    warmup_s: float  # before each measured window: streams open, loops warm
+    window_s: float  # the measured window of each point
+    # Latency: streams at one token every itl_ms, first token after ttft_ms.
+    latency_streams: int
+    latency_ttft_ms: float
+    latency_itl_ms: float
+    latency_max_tokens: int
+    latency_warmup_s: float
+    latency_window_s: float
+    # Cancellation: rounds of streams cancelled together (on the latency server).
+    cancel_rounds: int  # per repetition
+    cancel_streams: int
+    # Memory.
+    idle_streams: int
+    slow_readers: int
+    slow_sample_s: float
+
+
+FULL = Sizes(
+    name="full",
+    repetitions=3,
+    saturation_streams=(1, 16, 128, 1024),
+    saturation_steps=(1, 4),
+    saturation_max_tokens=8192,
+    warmup_s=0.5,
+    window_s=3.0,
+    latency_streams=64,
+    latency_ttft_ms=20.0,
+    latency_itl_ms=20.0,
+    latency_max_tokens=50,
+    latency_warmup_s=1.0,
+    latency_window_s=3.0,
+    cancel_rounds=10,
+    cancel_streams=32,
+    idle_streams=1000,
+    slow_readers=100,
+    slow_sample_s=3.0,
+)
+
+SMOKE = Sizes(
+    name="smoke",
+    repetitions=1,
+    saturation_streams=(1, 8),
+    saturation_steps=(1, 4),
+    saturation_max_tokens=512,
+    warmup_s=0.1,
+    window_s=0.4,
+    latency_streams=4,
+    latency_ttft_ms=10.0,
+    latency_itl_ms=10.0,
+    latency_max_tokens=10,
+    latency_warmup_s=0.1,
+    latency_window_s=0.4,
+    cancel_rounds=3,
+    cancel_streams=4,
+    idle_streams=20,
+    slow_readers=4,
+    slow_sample_s=0.4,
+)

@@ -1,0 +1,73 @@
+"""The benchmark harness end to end at tiny sizes: every scenario runs and reports.
+
+Part of ``make test``. It checks the instrument, not tokenwire's speed: figures on
+a shared 2-core machine are noise at these sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = (
+    "## Targets",
+    "## Method",
+    "## Saturation",
+    "## Latency",
+    "## Cancellation",
+    "## Memory",
+)
+SERVERS = {"tokenwire", "bare", "sse"}
+
+
+def test_every_scenario_reports(tmp_path: Path) -> None:
+    docs = tmp_path / "docs" / "performance.md"
+    docs.parent.mkdir()
+    shutil.copy(ROOT / "docs" / "performance.md", docs)
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out), "--docs", str(docs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    [report] = out.glob("*.md")
+    date = report.stem
+    for name in (f"{date}.json", f"{date}-throughput.png", f"{date}-latency.png"):
+        assert (out / name).stat().st_size > 0, name
+    text = report.read_text()
+    for section in SECTIONS:
+        assert section in text, section
+    assert f"]({date}-throughput.png)" in text and f"]({date}-latency.png)" in text
+
+    data = json.loads((out / f"{date}.json").read_text())
+    series = {(p["server"], p["step"]) for p in data["saturation"]["points"]}
+    assert series == {("tokenwire", 1), ("tokenwire", 4), ("bare", 1), ("bare", 4), ("sse", 1)}
+    for sample in data["saturation"]["samples"]:
+        assert sample["errors"] == 0, sample
+        assert sample["tokens"] > 0 and sample["server_cpu_s"] > 0, sample
+    assert set(data["latency"]) == SERVERS
+    for summary in data["latency"].values():
+        assert summary["token_samples"] > 0 and summary["ttft_samples"] > 0, summary
+        assert summary["errors"] == 0, summary
+    cancel = data["cancellation"]
+    assert cancel["cancelled"] > 0 and cancel["idle_timeouts"] == 0, cancel
+    assert cancel["aborts_counted"] == cancel["cancelled"], cancel
+    assert set(data["memory"]) == SERVERS
+    for summary in data["memory"].values():
+        assert summary["idle_kb_per_stream"] is not None, summary
+        assert len(summary["slow_rss_mb"]) >= 3, summary
+    assert data["memory"]["tokenwire"]["slow_tokens_generated"] > 0
+    assert len(data["targets"]) >= 10
+    assert all(t["passed"] in (True, False, None) for t in data["targets"])
+
+    # The docs page's figures block now holds this run's targets and plots.
+    page = docs.read_text()
+    assert f"{date}-throughput.png" in page and "| target | goal | measured | result |" in page
