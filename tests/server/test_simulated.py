@@ -105,3 +105,15 @@ def test_settings_read_environment_and_flags_win(monkeypatch):
 def test_settings_reject_inconsistent_values():
     with pytest.raises(ValueError, match="default_max_tokens"):
         Settings(default_max_tokens=100, max_tokens_limit=10)
+
+
+async def test_at_full_speed_a_step_hands_over_what_the_consumer_groups():
+    engine = SimulatedEngine(SimulatorConfig())  # itl 0: every token is ready at once
+    sizes = []
+    request = GenerationRequest("r", (1,), max_tokens=10, ignore_eos=True, stream_step=4)
+    async for step in engine.submit(request):
+        sizes += [len(d.token_ids) for d in step]
+    assert sizes == [4, 4, 2]
+    paced = SimulatedEngine(SimulatorConfig(itl_s=0.001))  # on a schedule, the schedule rules
+    first = await anext(aiter(paced.submit(request)))
+    assert len(first[0].token_ids) == 1

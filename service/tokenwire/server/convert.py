@@ -111,6 +111,8 @@ class RequestPlan:
             logprobs=t.logprobs,
             top_logprobs=t.top_logprobs,
             skip_special_tokens=t.skip_special_tokens,
+            # Grouping that may wait for tokens (no zero delay bound) may take them in bulk.
+            stream_step=self.stream.step if self.stream.max_delay_s != 0 else 1,
         )
 
 

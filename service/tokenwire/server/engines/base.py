@@ -101,6 +101,10 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     skip_special_tokens: bool = True
+    stream_step: int = 1
+    """Tokens the consumer groups into one message: an engine that has several ready
+    may hand them over in one step (as TensorRT-LLM's ``stream_interval`` does),
+    sparing a wake-up per token. A hint; one token per step is always correct."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ _EXOTIC = (
     "Ωmega",
     "€",
 )
-_MAX_CATCH_UP = 64  # most overdue tokens handed over in one step
+_MAX_CATCH_UP = 64  # most tokens handed over in one step
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +201,9 @@ class _SimHandle:
             await asyncio.sleep(delay if delay > 0 else 0)
         if self._aborted:
             return self._cancel_all()
-        steps = 1
+        # As fast as possible, every token is ready at once: hand over as many as the
+        # consumer groups per message (bounded), in one step.
+        steps = min(max(self._request.stream_step, 1), _MAX_CATCH_UP)
         if self._itl > 0:
             overdue = self._loop.time() - self._next_due
             steps = min(_MAX_CATCH_UP, 1 + max(0, int(overdue / self._itl)))
