@@ -9,13 +9,15 @@ import pytest
 from tokenwire.server.admission import Admission
 from tokenwire.server.errors import DeadlineTooShort, Overloaded
 
+from ..helpers import async_wait_for
+
 
 async def test_slots_then_queue_then_refusal():
     admission = Admission(slots=2, max_queue=1)
     assert await admission.acquire(None) == 0.0
     assert await admission.acquire(None) == 0.0
     waiter = asyncio.create_task(admission.acquire(None))
-    await asyncio.sleep(0)
+    await async_wait_for(lambda: admission.queue_depth == 1)
     assert admission.queue_depth == 1
     with pytest.raises(Overloaded):
         await admission.acquire(None)
@@ -32,7 +34,7 @@ async def test_a_cancelled_waiter_does_not_lose_the_slot():
     await admission.acquire(None)
     first = asyncio.create_task(admission.acquire(None))
     second = asyncio.create_task(admission.acquire(None))
-    await asyncio.sleep(0)
+    await async_wait_for(lambda: admission.queue_depth == 2)
     admission.release()  # hands the slot to `first`...
     first.cancel()  # ...which leaves before it runs: the slot must go on to `second`
     with pytest.raises(asyncio.CancelledError):
@@ -63,7 +65,7 @@ async def test_a_waiter_cancelled_before_the_slot_is_handed_on():
     await admission.acquire(None)
     first = asyncio.create_task(admission.acquire(None))
     second = asyncio.create_task(admission.acquire(None))
-    await asyncio.sleep(0)
+    await async_wait_for(lambda: admission.queue_depth == 2)
     first.cancel()  # the client leaves first...
     admission.release()  # ...then the slot frees: it must skip `first` and reach `second`
     with pytest.raises(asyncio.CancelledError):  # a cancel, not an error

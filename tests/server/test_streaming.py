@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tokenwire.server import streaming
 from tokenwire.server.convert import StreamPlan
-from tokenwire.server.engines.base import GenerationRequest
+from tokenwire.server.engines.base import GenerationRequest, SequenceDelta
 from tokenwire.server.engines.simulated import SimulatedEngine, SimulatorConfig
 from tokenwire.server.watchdog import Watched
 
@@ -26,3 +28,29 @@ async def test_a_consumer_that_fell_behind_catches_up_in_bounded_messages():
     assert sizes[0] > 1  # the backlog went out in larger messages...
     assert max(sizes) <= 64  # ...each bounded
     assert len(sizes) < 300 - 150
+
+
+class _FailingHandle:
+    """An engine whose next step raises a TimeoutError of its own."""
+
+    finished = False
+    cached_prompt_tokens = 0
+
+    def __aiter__(self) -> _FailingHandle:
+        return self
+
+    async def __anext__(self) -> list[SequenceDelta]:
+        raise TimeoutError("the engine timed out")
+
+    def abort(self) -> None:
+        self.finished = True
+
+
+async def test_an_engine_timeout_is_not_taken_for_the_delay_bound():
+    progress = streaming.Progress(0.0, 1)
+    messages = streaming.responses(
+        _FailingHandle(), "r", StreamPlan(4, 0.05), progress, lambda _: None, Watched(None, "r")
+    )
+    with pytest.raises(TimeoutError, match="engine timed out"):
+        async for _ in messages:
+            pass

@@ -154,6 +154,7 @@ class Calls:
         watched = call.watched = self._watchdog.watch(plan.request_id)
         handle: GenerationHandle | None = None
         admitted_at: float | None = None
+        error: BaseException | None = None
         try:
             prompt_ids = plan.token_ids
             if plan.prompt is not None:
@@ -166,20 +167,13 @@ class Calls:
             admitted_at = time.perf_counter()
             handle = engine.submit(request_)
             yield Generation(plan, handle, progress, watched)
-        except BaseException as error:
-            if handle is not None and not handle.finished:
-                # From when the server learnt of it: the cancel reaching this task, or,
-                # for a deadline, the moment it passed.
-                learned = time.perf_counter()
-                remaining = context.time_remaining()
-                if remaining is not None and remaining < 0:
-                    learned += remaining
-                handle.abort()
-                progress.abort_reason = self._abort_reason(error, context, watched)
-                self._metrics.aborted(progress.abort_reason, time.perf_counter() - learned)
-                log.info("aborted the engine request: %s", progress.abort_reason)
+        except BaseException as caught:
+            error = caught
             raise
         finally:
+            # First, before any bookkeeping: free the engine slot at once.
+            if handle is not None and not handle.finished:
+                self._abort(handle, progress, context, watched, error)
             self._watchdog.forget(watched)
             self.live.discard(plan.request_id)
             self._metrics.streams_active -= 1
@@ -191,10 +185,6 @@ class Calls:
                     None if first is None else first - admitted_at,
                 )
             if handle is not None:
-                if not handle.finished:  # the consumer stopped early without an error
-                    handle.abort()
-                    progress.abort_reason = "error"
-                    self._metrics.aborted("error")
                 first = progress.first_token_at
                 self._metrics.generation_done(
                     progress.prompt_tokens,
@@ -203,6 +193,28 @@ class Calls:
                     None if first is None else first - started,
                     time.perf_counter() - started,
                 )
+
+    def _abort(
+        self,
+        handle: GenerationHandle,
+        progress: Progress,
+        context: Context,
+        watched: Watched,
+        error: BaseException | None,
+    ) -> None:
+        """Abort an unfinished engine request and count it with its reason."""
+        # Latency from when the server learnt of it: the cancel reaching this task,
+        # or, for a deadline, the moment it passed.
+        learned = time.perf_counter()
+        remaining = context.time_remaining()
+        if remaining is not None and remaining < 0:
+            learned += remaining
+        handle.abort()
+        # No error: the consumer stopped early on its own, which is a bug somewhere.
+        reason = "error" if error is None else self._abort_reason(error, context, watched)
+        progress.abort_reason = reason
+        self._metrics.aborted(reason, time.perf_counter() - learned)
+        log.info("aborted the engine request: %s", reason)
 
     def _abort_reason(self, error: BaseException, context: Context, watched: Watched) -> str:
         if watched.stall == "reader":

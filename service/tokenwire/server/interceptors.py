@@ -64,6 +64,10 @@ def _guard(behaviour: Any, method: str) -> Any:
 
 
 class MalformedRequests(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Each method's guarded handler, built once: (the handler it wraps, the guard).
+        self._guarded: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -75,13 +79,24 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_streaming:
             return handler
         method = handler_call_details.method
-        deserializer = _lenient(handler.request_deserializer)
-        # On a grpc.aio server the behaviours are coroutine functions (or async
-        # generator functions), which grpc's stubs type as plain callables.
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _guard(handler.unary_unary, method), deserializer, handler.response_serializer
-            )
-        return grpc.unary_stream_rpc_method_handler(
-            _guard(handler.unary_stream, method), deserializer, handler.response_serializer
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = _guarded(handler, method)
+        self._guarded[method] = (handler, guarded)
+        return guarded
+
+
+def _guarded(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    deserializer = _lenient(handler.request_deserializer)
+    # On a grpc.aio server the behaviours are coroutine functions (or async
+    # generator functions), which grpc's stubs type as plain callables.
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _guard(handler.unary_unary, method), deserializer, handler.response_serializer
         )
+    return grpc.unary_stream_rpc_method_handler(
+        _guard(handler.unary_stream, method), deserializer, handler.response_serializer
+    )

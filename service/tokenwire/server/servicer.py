@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import aclosing
 
 from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
@@ -33,14 +34,16 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 msg.usage.CopyFrom(_usage(handle, progress))
                 msg.timing.CopyFrom(_timing(progress))
 
-            async for msg in streaming.responses(
+            messages = streaming.responses(
                 handle, gen.plan.request_id, gen.plan.stream, progress, finalize, watched
-            ):
-                # While a write waits, flow control is holding us back: the
-                # watchdog gives up on a reader that stays stuck.
-                watched.write_since = time.monotonic()
-                await context.write(msg)
-                watched.write_since = None
+            )
+            async with aclosing(messages):  # closed at once, also on a cancel
+                async for msg in messages:
+                    # While a write waits, flow control is holding us back: the
+                    # watchdog gives up on a reader that stays stuck.
+                    watched.write_since = time.monotonic()
+                    await context.write(msg)
+                    watched.write_since = None
 
     async def Complete(  # noqa: N802
         self, request: pb.GenerateRequest, context: Context

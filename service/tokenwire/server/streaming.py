@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from tokenwire.v1 import generation_pb2 as pb
 
@@ -79,7 +79,7 @@ async def responses(
     progress: Progress,
     finalize: Callable[[pb.GenerateResponse], None],
     watched: Watched,
-) -> AsyncIterator[pb.GenerateResponse]:
+) -> AsyncGenerator[pb.GenerateResponse, None]:
     """Stream messages for ``handle``; ``finalize`` decorates the very last one."""
     loop = asyncio.get_running_loop()
     steps = handle.__aiter__()
@@ -93,17 +93,12 @@ async def responses(
             watched.engine_since = time.monotonic()
         try:
             if oldest is not None and plan.max_delay_s is not None:
-                wait = oldest + plan.max_delay_s - loop.time()
-                if wait <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(wait):
-                    step = await anext(steps)
+                step = await _next_within(steps, oldest + plan.max_delay_s - loop.time())
             else:
                 step = await anext(steps)
-            watched.engine_since = None
         except StopAsyncIteration:
             return
-        except TimeoutError:
+        if step is None:
             # The delay bound is up: send what every sequence holds.
             for index in sorted(pending):
                 out.append(_flush(request_id, index, pending, held, progress))
@@ -112,7 +107,7 @@ async def responses(
                 yield msg
             continue
 
-        now = loop.time()
+        watched.engine_since = None
         progress.update(step)
         for d in step:
             if not hold:
@@ -123,11 +118,31 @@ async def responses(
             if d.finish_reason is not None or held[d.index] >= plan.step:
                 out.append(_flush(request_id, d.index, pending, held, progress))
         if hold:
-            oldest = (oldest or now) if pending else None
+            oldest = (oldest or loop.time()) if pending else None
         if progress.remaining == 0 and out:
             finalize(out[-1])
         for msg in out:
             yield msg
+
+
+async def _next_within(
+    steps: AsyncIterator[Sequence[SequenceDelta]], wait: float
+) -> Sequence[SequenceDelta] | None:
+    """The engine's next step, or None if it does not come within ``wait`` seconds.
+
+    Only this wait is timed: a TimeoutError raised by the engine itself propagates.
+    Engine handles lose nothing when a pending step is cancelled (see engines/base.py).
+    """
+    if wait <= 0:
+        return None
+    pending = anext(steps)
+    try:
+        async with asyncio.timeout(wait) as timer:
+            return await pending
+    except TimeoutError:
+        if timer.expired():
+            return None
+        raise
 
 
 def _flush(
