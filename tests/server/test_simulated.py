@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tokenwire.server.engines.base import (
@@ -117,3 +119,35 @@ async def test_at_full_speed_a_step_hands_over_what_the_consumer_groups():
     paced = SimulatedEngine(SimulatorConfig(itl_s=0.001))  # on a schedule, the schedule rules
     first = await anext(aiter(paced.submit(request)))
     assert len(first[0].token_ids) == 1
+
+
+async def test_ready_steps_come_without_a_wait_but_the_loop_still_turns():
+    # At full speed the steps are always due: the handle hands them over without
+    # suspending (like a real engine's non-empty result queue), yet a consumer that
+    # never waits itself still lets other tasks run every few steps.
+    engine = SimulatedEngine(SimulatorConfig())
+    handle = engine.submit(
+        GenerationRequest("r", (1,), max_tokens=2000, ignore_eos=True, stream_step=1)
+    )
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    steps = 0
+    longest = run = 0
+    last = ticks
+    async for _ in handle:
+        steps += 1
+        run = run + 1 if ticks == last else 1
+        longest = max(longest, run)
+        last = ticks
+    other.cancel()
+    assert steps == 2000
+    assert 2 <= longest <= 17  # steps in a row without the loop turning
+    assert ticks >= steps // 17

@@ -49,7 +49,13 @@ _EXOTIC = (
     "Ωmega",
     "€",
 )
+_PUNCTUATION = (".", ",", ".", "!", "?", ".\n")
 _MAX_CATCH_UP = 64  # most tokens handed over in one step
+# A step that is already due is handed over without a wait, as a real engine's
+# result queue does when it holds one; after this many such steps in a row the
+# handle yields to the event loop anyway, so that a consumer that never waits
+# (a unary Complete on an engine at full speed) cannot hog the loop.
+_READY_STEPS_PER_YIELD = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +66,29 @@ class SimulatorConfig:
     max_context_length: int = 32768
 
 
+class _Words:
+    """The simulated model's output pieces as token ids, in the order they are drawn."""
+
+    __slots__ = ("exotic", "plain", "punctuation")
+
+    def __init__(self, tokenizer: SimTokenizer) -> None:
+        def encode(piece: str) -> tuple[int, ...]:
+            return tuple(tokenizer.encode(piece, add_special_tokens=False))
+
+        self.exotic = tuple(encode(" " + word) for word in _EXOTIC)
+        self.punctuation = tuple(encode(p) for p in _PUNCTUATION)
+        plain = [tokenizer.id_of(" " + word) for word in WORDS]
+        assert None not in plain, "every word has a single token with a leading space"
+        self.plain = tuple(t for t in plain if t is not None)
+
+
 class SimulatedEngine:
     """Implements ``Engine`` with a schedule instead of a model."""
 
     def __init__(self, config: SimulatorConfig) -> None:
         self._config = config
         self._tokenizer = SimTokenizer()
+        self.words = _Words(self._tokenizer)
         self._live: set[_SimHandle] = set()
         self._closed = False
         self._description = ModelDescription(
@@ -176,6 +199,7 @@ class _SimHandle:
         ]
         self._remaining = request.sampling.n
         self._aborted = False
+        self._ready_run = 0  # due steps handed over since the handle last waited
         self._stop_ids = frozenset(request.stop_token_ids)
         # Most requests ask for plain text: one token at a time needs no lists.
         self._plain = not (request.logprobs or request.stop or request.stop_token_ids)
@@ -196,9 +220,14 @@ class _SimHandle:
             raise StopAsyncIteration
         if not self._aborted:
             delay = self._next_due - self._loop.time()
-            # Sleep until the next token is due; at itl 0 still yield to the loop
-            # once per step, as a real engine's queue would.
-            await asyncio.sleep(delay if delay > 0 else 0)
+            if delay > 0:
+                self._ready_run = 0
+                await asyncio.sleep(delay)
+            elif self._ready_run >= _READY_STEPS_PER_YIELD:
+                self._ready_run = 0
+                await asyncio.sleep(0)
+            else:
+                self._ready_run += 1
         if self._aborted:
             return self._cancel_all()
         # As fast as possible, every token is ready at once: hand over as many as the
@@ -210,6 +239,8 @@ class _SimHandle:
             self._next_due += steps * self._itl
         if steps == 1 and self._plain:
             deltas = [self._advance_one(seq) for seq in self._sequences if not seq.done]
+        elif self._plain:
+            deltas = [self._advance_plain(seq, steps) for seq in self._sequences if not seq.done]
         else:
             deltas = [self._advance(seq, steps) for seq in self._sequences if not seq.done]
         if self._remaining == 0:
@@ -246,6 +277,30 @@ class _SimHandle:
             self._remaining -= 1
             seq.utf8.finish()
         return SequenceDelta(seq.index, (token,), text, (), None, finish)
+
+    def _advance_plain(self, seq: _Sequence, steps: int) -> SequenceDelta:
+        """``_advance`` for several tokens of a request with no logprobs and no stops."""
+        ids: list[int] = []
+        chunks: list[str] = []
+        finish: FinishReason | None = None
+        max_tokens = self._request.max_tokens
+        push, token_bytes = seq.utf8.push, self._tok.token_bytes
+        for _ in range(steps):
+            token = self._next_token(seq)
+            seq.count += 1
+            ids.append(token)
+            if token == EOS_ID:
+                finish = "stop"
+                break
+            chunks.append(push(token_bytes(token)))
+            if seq.count >= max_tokens:
+                finish = "length"
+                break
+        if finish is not None:
+            seq.done = True
+            self._remaining -= 1
+            seq.utf8.finish()
+        return SequenceDelta(seq.index, tuple(ids), "".join(chunks), (), None, finish)
 
     def _advance(self, seq: _Sequence, steps: int) -> SequenceDelta:
         request = self._request
@@ -302,17 +357,16 @@ class _SimHandle:
         return seq.queue.pop(0)
 
     def _next_word(self, seq: _Sequence) -> list[int]:
+        # The same draws from ``rng`` as choosing among the strings themselves, so
+        # a seed still gives the same text; the token ids are looked up once per engine.
         rng = seq.rng
         roll = rng.random()
+        words = self._engine.words
         if roll < 0.06:
-            return self._tok.encode(" " + rng.choice(_EXOTIC), add_special_tokens=False)
+            return list(rng.choice(words.exotic))
         if roll < 0.16 and seq.count:
-            return self._tok.encode(
-                rng.choice((".", ",", ".", "!", "?", ".\n")), add_special_tokens=False
-            )
-        token = self._tok.id_of(" " + rng.choice(WORDS))
-        assert token is not None
-        return [token]
+            return list(rng.choice(words.punctuation))
+        return [rng.choice(words.plain)]
 
     def _logprob(self, seq: _Sequence, token: int) -> TokenLogprob:
         # The sampled token is the most likely; alternatives trail behind it.
