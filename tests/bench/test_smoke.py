@@ -71,3 +71,19 @@ def test_every_scenario_reports(tmp_path: Path) -> None:
     # The docs page's figures block now holds this run's targets and plots.
     page = docs.read_text()
     assert f"{date}-throughput.png" in page and "| target | goal | measured | result |" in page
+
+
+def test_startup_probe_reports_every_transport() -> None:
+    probe = ["--workers", "2", "--seconds", "0.3", "--tokens", "3", "--itl-ms", "5"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.startup", *probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [line.split("|") for line in done.stdout.splitlines()[3:]]
+    assert [row[1].strip() for row in rows] == ["grpc-call", "grpc-session", "tcp"]
+    for row in rows:
+        assert int(row[2]) >= 2  # every worker finished at least one request

@@ -9,6 +9,7 @@ await server.stop()           # NOT_SERVING, drain up to the grace, abort the re
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -205,6 +206,10 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     server = Server(settings)
     await server.start()
+    # Everything built so far (modules, engine, grpc, telemetry) lives as long as
+    # the process: out of the collector's sight, a full collection no longer walks
+    # it, which took the latency scenario's worst stream starts from about 27 ms to 10.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
