@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import select
 import subprocess
 import sys
 import time
@@ -111,7 +112,7 @@ async def _serve_tcp() -> None:
 
 # -- the load: one worker per stream, closed loop ------------------------------
 
-Worker = Callable[[int], Awaitable[None]]
+Worker = Callable[[], Awaitable[None]]
 
 
 class Delays:
@@ -132,7 +133,7 @@ async def _load(transport: str, port: int, args: argparse.Namespace, delays: Del
     end = time.perf_counter() + args.seconds
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
 
-    async def calls(_: int) -> None:
+    async def calls() -> None:
         call = channel.unary_stream(f"/{_SERVICE}/Call", _encode, _decode)
         while time.perf_counter() < end:
             sent = time.perf_counter()
@@ -141,7 +142,7 @@ async def _load(transport: str, port: int, args: argparse.Namespace, delays: Del
                 delays.reply(sent, i, reply)
                 i += 1
 
-    async def session(_: int) -> None:
+    async def session() -> None:
         stream = channel.stream_stream(f"/{_SERVICE}/Session", _encode, _decode)()
         while time.perf_counter() < end:
             sent = time.perf_counter()
@@ -152,7 +153,7 @@ async def _load(transport: str, port: int, args: argparse.Namespace, delays: Del
                 delays.reply(sent, i, reply)
         await stream.done_writing()
 
-    async def tcp(_: int) -> None:
+    async def tcp() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while time.perf_counter() < end:
             sent = time.perf_counter()
@@ -167,7 +168,7 @@ async def _load(transport: str, port: int, args: argparse.Namespace, delays: Del
 
     async def spread(i: int) -> None:
         await asyncio.sleep(i * args.itl_ms / 1000.0 / args.workers)
-        await worker(i)
+        await worker()
 
     try:
         await asyncio.wait_for(
@@ -186,7 +187,11 @@ def _probe(transport: str, args: argparse.Namespace) -> Delays:
     )
     try:
         assert server.stdout is not None
-        port = int(server.stdout.readline())  # the server prints its port first
+        # The server prints its port first; a server that never does fails the probe.
+        ready, _, _ = select.select([server.stdout], [], [], 30.0)
+        if not ready:
+            raise RuntimeError(f"the {kind} server did not start within 30 s")
+        port = int(server.stdout.readline())
         delays = Delays(args.itl_ms / 1000.0)
         uvloop.run(_load(transport, port, args, delays))
         return delays

@@ -88,7 +88,7 @@ class SimulatedEngine:
     def __init__(self, config: SimulatorConfig) -> None:
         self._config = config
         self._tokenizer = SimTokenizer()
-        self.words = _Words(self._tokenizer)
+        self._words = _Words(self._tokenizer)
         self._live: set[_SimHandle] = set()
         self._closed = False
         self._description = ModelDescription(
@@ -361,7 +361,7 @@ class _SimHandle:
         # a seed still gives the same text; the token ids are looked up once per engine.
         rng = seq.rng
         roll = rng.random()
-        words = self._engine.words
+        words = self._engine._words
         if roll < 0.06:
             return list(rng.choice(words.exotic))
         if roll < 0.16 and seq.count:
