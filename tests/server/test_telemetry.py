@@ -57,3 +57,17 @@ def test_each_histogram_is_exported_once() -> None:
     assert len(types) == len(set(types))
     assert "# TYPE gen_ai_server_request_duration_seconds histogram" in types
     assert parse_metrics(text)  # the whole exposition parses
+
+
+def test_impossible_durations_are_dropped_not_summed() -> None:
+    metrics = _metrics()
+    metrics.aborted("cancelled", -0.001)  # a clock oddity must not make the sum go back
+    metrics.aborted("cancelled", float("nan"))
+    metrics.aborted("cancelled", float("inf"))
+    metrics.aborted("cancelled", 0.0)
+    text = metrics.text().decode()
+    name = "tokenwire_abort_latency_seconds"
+    assert sample(text, f"{name}_count", {"reason": "cancelled"}) == 1
+    assert sample(text, f"{name}_sum", {"reason": "cancelled"}) == 0.0
+    assert sample(text, f"{name}_bucket", {"reason": "cancelled", "le": "1e-05"}) == 1
+    assert sample(text, "tokenwire_aborts_total", {"reason": "cancelled"}) == 4

@@ -9,6 +9,7 @@ Prometheus samples only when Prometheus scrapes.
 
 from __future__ import annotations
 
+import math
 import threading
 from bisect import bisect_left
 from collections import Counter
@@ -45,50 +46,58 @@ class _Histogram:
 
     An OpenTelemetry SDK histogram costs about 5 us a measurement (attribute
     hashing, exemplar filters, locks): three of them per request were a fifth
-    of a short request's whole cost in the server.
+    of a short request's whole cost in the server. Names, labels and buckets
+    are what OpenTelemetry's Prometheus exporter wrote for the same instruments.
     """
 
-    def __init__(self, name: str, description: str, buckets: tuple[float, ...]) -> None:
+    def __init__(
+        self, name: str, description: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> None:
         self.name = name
         self.description = description
+        self._labels = labels
         self._bounds = buckets
-        # Per label values: a count per bucket (the last one +Inf), then the sum.
-        self._series: dict[tuple[str, ...], list[float]] = {}
-        self._labels: tuple[str, ...] = ()
+        # Per label values: a count per bucket, the last one +Inf.
+        self._series: dict[tuple[str, ...], _Series] = {}
 
-    def labelled(self, **labels: str) -> _Series:
-        """The series for these labels, to record into without looking it up again."""
-        self._labels = tuple(labels)
-        key = tuple(labels.values())
-        values = self._series.get(key)
-        if values is None:
-            values = self._series[key] = [0.0] * (len(self._bounds) + 2)
-        return _Series(self._bounds, values)
+    def labelled(self, *values: str) -> _Series:
+        """The series for these label values, to record into without a lookup."""
+        if len(values) != len(self._labels):
+            raise ValueError(f"{self.name} takes labels {self._labels}, got {values}")
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = _Series(self._bounds)
+        return series
 
     def family(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.description, labels=self._labels)
         bounds = [repr(float(b)) for b in self._bounds] + ["+Inf"]
-        for key, values in list(self._series.items()):
-            snapshot = list(values)  # one copy, so that buckets and count agree
+        for key, series in list(self._series.items()):
+            # The scrape runs in the metrics server's thread: one copy of the counts
+            # keeps buckets and count consistent (the sum may lag by one record).
+            counts, total = list(series.counts), series.total
             cumulative, buckets = 0.0, []
-            for bound, count in zip(bounds, snapshot, strict=False):
+            for bound, count in zip(bounds, counts, strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
-            family.add_metric(list(key), buckets, snapshot[-1])
+            family.add_metric(list(key), buckets, total)
         return family
 
 
 class _Series:
-    __slots__ = ("_bounds", "_values")
+    __slots__ = ("_bounds", "counts", "total")
 
-    def __init__(self, bounds: tuple[float, ...], values: list[float]) -> None:
+    def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
-        self._values = values
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
 
     def record(self, value: float) -> None:
-        values = self._values
-        values[bisect_left(self._bounds, value)] += 1
-        values[-1] += value
+        # Durations only: a negative or non-finite value would corrupt the sum for
+        # good (the OpenTelemetry SDK drops them too).
+        if 0.0 <= value < math.inf:
+            self.counts[bisect_left(self._bounds, value)] += 1
+            self.total += value
 
 
 class _Histograms(Collector):
@@ -97,6 +106,10 @@ class _Histograms(Collector):
 
     def collect(self) -> Iterable[HistogramMetricFamily]:
         return [h.family() for h in self._histograms]
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        # Lets the registry refuse a second collector exporting the same names.
+        return self.collect()
 
 
 class Metrics:
@@ -175,10 +188,10 @@ class Metrics:
             description="Requests admitted but waiting for an engine slot",
         )
         # Names and labels as OpenTelemetry's Prometheus exporter writes them.
-        model_labels = {"gen_ai_request_model": model, "gen_ai_system": engine}
+        model_labels = ("gen_ai_request_model", "gen_ai_system")
 
         def seconds(name: str, description: str) -> _Histogram:
-            return _Histogram(name, description, _LATENCY_BUCKETS)
+            return _Histogram(name, description, model_labels, _LATENCY_BUCKETS)
 
         ttft = seconds("gen_ai_server_time_to_first_token_seconds", "Time to first token")
         tpot = seconds(
@@ -189,12 +202,13 @@ class Metrics:
         abort_latency = _Histogram(
             "tokenwire_abort_latency_seconds",
             "From a cancel reaching the call, or a deadline passing, to abort()",
+            ("reason",),
             _ABORT_BUCKETS,
         )
-        self._ttft = ttft.labelled(**model_labels)
-        self._tpot = tpot.labelled(**model_labels)
-        self._duration = duration.labelled(**model_labels)
-        self._abort_latency = {r: abort_latency.labelled(reason=r) for r in ABORT_REASONS}
+        self._ttft = ttft.labelled(model, engine)
+        self._tpot = tpot.labelled(model, engine)
+        self._duration = duration.labelled(model, engine)
+        self._abort_latency = {r: abort_latency.labelled(r) for r in ABORT_REASONS}
         self.registry.register(_Histograms([ttft, tpot, duration, abort_latency]))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
