@@ -57,8 +57,7 @@ class _Histogram:
         self.description = description
         self._labels = labels
         self._bounds = buckets
-        # Per label values: a count per bucket, the last one +Inf.
-        self._series: dict[tuple[str, ...], _Series] = {}
+        self._series: dict[tuple[str, ...], _Series] = {}  # by label values
 
     def labelled(self, *values: str) -> _Series:
         """The series for these label values, to record into without a lookup."""
@@ -85,6 +84,8 @@ class _Histogram:
 
 
 class _Series:
+    """One label set's counts, a count per bucket (the last one +Inf), and its sum."""
+
     __slots__ = ("_bounds", "counts", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
