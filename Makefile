@@ -5,27 +5,81 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 PROTO_SRC := protos/tokenwire/v1/generation.proto
-TORCH_VERSION ?= 2.13.0
 # Defined before any rule names them: prerequisites expand when a rule is read.
 HELM_VENV := .venv-helm
 HELM_STAMP := $(HELM_VENV)/.installed
 CLIENT_NODE_STAMP := clients/node/node_modules/.installed
+TOOLS_VENV := .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+UV := $(TOOLS_VENV)/bin/uv
 
 .PHONY: serve tiny-model test lint typecheck proto proto-check buf-lint pytest clean
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	@# The CPU build of torch first, so that the transformers extra does not pull
-	@# the newest CUDA build (several GB) for the tests' tiny model.
-	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e '.[dev,transformers]'
+# --- Locked installs -----------------------------------------------------------
+# Every Python package comes from a committed lock file in requirements/, pinned
+# with its hashes: dev.txt for .venv (make serve, test, bench), helm.txt for
+# .venv-helm, tools.txt for the installers themselves. `make lock` writes them.
+# uv, not pip-tools: it resolves the whole dev set in seconds rather than
+# minutes, writes pip-compatible requirements files with hashes, and `uv pip
+# sync` makes a venv exactly its lock (a package the lock dropped is removed).
+# The CPU build of torch comes from the wheel our machines keep in TORCH_WHEELS
+# (pip's find-links there); PyPI's torch is the CUDA build, several GB.
+TORCH_WHEELS ?= /opt/wheels
+LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) --emit-find-links \
+	--custom-compile-command 'make lock'
+DEV_LOCK_IN := pyproject.toml requirements/dev.in --extra dev --extra transformers
+
+# $(call locked-venv,DIR,LOCK): DIR becomes a venv holding exactly what LOCK pins.
+define locked-venv
+	@test -x $(1)/bin/python || $(PYTHON) -m venv --without-pip $(1)
+	$(UV) pip sync --quiet --python $(1)/bin/python --require-hashes \
+		--build-constraints requirements/build.txt $(2)
+endef
+
+$(TOOLS_STAMP): requirements/tools.txt
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -q --require-hashes --no-deps -r requirements/tools.txt
 	@touch $@
 
+# tokenwire itself, editable and without build isolation: its build backend is
+# in the lock, so nothing unpinned is fetched to build it.
+$(STAMP): requirements/dev.txt pyproject.toml $(TOOLS_STAMP)
+	$(call locked-venv,$(VENV),requirements/dev.txt)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
+	@touch $@
+
+# The lock files, from pyproject's ranges and requirements/*.in. `make lock`
+# keeps every pin that still fits them; `make lock UPGRADE=1` takes the newest.
+.PHONY: lock
+lock: $(TOOLS_STAMP)
+	$(UV) pip compile $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) requirements/tools.in -o requirements/tools.txt
+	$(UV) pip compile $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) $(DEV_LOCK_IN) -o requirements/dev.txt
+	$(UV) pip compile $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) requirements/helm.in -o requirements/helm.txt
+	$(UV) pip compile $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) requirements/build.in -o requirements/build.txt
+
+# --- Canaries: the newest and the oldest releases pyproject allows ------------
+# Not part of `make test` or CI (docs/development.md says when to run them).
+# Each resolves pyproject's ranges afresh into a throwaway venv (.venv-latest,
+# .venv-lowest: the newest releases, or the lowest that each direct dependency
+# allows) and runs the pytest suite there. torch stays the CPU build on disk.
+.PHONY: test-latest test-lowest
+test-latest: CANARY_RESOLUTION := highest
+test-lowest: CANARY_RESOLUTION := lowest-direct
+test-latest test-lowest: $(TOOLS_STAMP) $(CLIENT_NODE_STAMP)
+	rm -rf .venv-$(@:test-%=%) && mkdir .venv-$(@:test-%=%)
+	$(UV) pip compile $(LOCK_FLAGS) --resolution $(CANARY_RESOLUTION) $(DEV_LOCK_IN) \
+		-o .venv-$(@:test-%=%)/requirements.txt
+	$(call locked-venv,.venv-$(@:test-%=%),.venv-$(@:test-%=%)/requirements.txt)
+	$(UV) pip install --quiet --python .venv-$(@:test-%=%)/bin/python --no-deps \
+		--no-build-isolation -e .
+	@grep -E '^(torch|transformers|tokenizers|grpcio|protobuf|pydantic|pytest)==' \
+		.venv-$(@:test-%=%)/requirements.txt
+	.venv-$(@:test-%=%)/bin/pytest -p no:cacheprovider
+
+# npm ci installs exactly the committed lock and never rewrites it.
 $(NODE_STAMP): package.json package-lock.json
-	@# npm install, not npm ci: the registry mirror carries only the linux builds of
-	@# buf's optional per-platform packages, which npm ci's lock check rejects.
-	npm install --no-audit --no-fund --loglevel=error
+	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 serve: $(STAMP)
@@ -36,7 +90,24 @@ serve: $(STAMP)
 tiny-model: $(STAMP)
 	$(BIN)/python -m tests.engines.tiny_model models/tiny-llama
 
-test: $(STAMP) $(NODE_STAMP) proto-check lint typecheck buf-lint pytest helm-check node-check buf-breaking
+test: tree-before $(STAMP) $(NODE_STAMP) proto-check lint typecheck buf-lint pytest helm-check \
+	node-check buf-breaking tree-check
+
+# `make test` must leave the tree as it found it: on a fresh clone, `git status
+# --porcelain` empty. tree-before notes the state (and the diff) in .git, which
+# is never part of the tree; tree-check fails when anything the run wrote
+# shows up there (a rewritten lock, a stray output, an unignored build file).
+TREE_STATE = { git status --porcelain --untracked-files=all; git diff HEAD --binary | sha256sum; }
+.PHONY: tree-before tree-check
+tree-before:
+	@$(TREE_STATE) > .git/tokenwire-tree-before
+tree-check:
+	@$(TREE_STATE) > .git/tokenwire-tree-after
+	@if ! cmp -s .git/tokenwire-tree-before .git/tokenwire-tree-after; then \
+		echo "make test changed the tree (before, then after; git status --porcelain):"; \
+		diff .git/tokenwire-tree-before .git/tokenwire-tree-after; exit 1; \
+	fi
+	@echo "tree-check: make test left the tree as it found it"
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos \
@@ -64,14 +135,13 @@ pytest: $(STAMP) $(CLIENT_NODE_STAMP)
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) $(HELM_VENV) node_modules clients/node/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(HELM_VENV) $(TOOLS_VENV) .venv-latest .venv-lowest node_modules clients/node/node_modules .mypy_cache .ruff_cache .pytest_cache
 
 # --- Kubernetes and other languages ------------------------------------------
 .PHONY: helm-check node-check buf-breaking
 
-$(HELM_STAMP): helm/check-requirements.txt
-	@test -x $(HELM_VENV)/bin/python || $(PYTHON) -m venv $(HELM_VENV)
-	$(HELM_VENV)/bin/python -m pip install -q -r helm/check-requirements.txt
+$(HELM_STAMP): requirements/helm.txt $(TOOLS_STAMP)
+	$(call locked-venv,$(HELM_VENV),requirements/helm.txt)
 	@touch $@
 
 # The chart: helm lint --strict, render with every value set (defaults and
@@ -83,7 +153,7 @@ helm-check: $(STAMP) $(HELM_STAMP)
 	$(HELM_VENV)/bin/hadolint --no-color Dockerfile Dockerfile.cpu
 
 $(CLIENT_NODE_STAMP): clients/node/package.json clients/node/package-lock.json
-	cd clients/node && npm install --no-audit --no-fund --loglevel=error
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 # The Node.js client's JSDoc types (tsc, strict); tests/e2e/test_node_client.py
@@ -102,7 +172,7 @@ buf-breaking: $(NODE_STAMP)
 		echo "buf-breaking: no previous commit to compare with: skipped"; \
 	fi
 
-# --- Benchmark (issue 6) -----------------------------------------------------
+# --- Benchmark ---------------------------------------------------------------
 .PHONY: bench
 
 # Every scenario, against the bare grpc.aio and FastAPI SSE baselines in the same

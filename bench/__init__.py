@@ -1,4 +1,4 @@
-"""tokenwire's benchmark harness (issue 6): figures as ratios to baselines measured in the same run.
+"""tokenwire's benchmark harness: figures as ratios to baselines measured in the same run.
 
     make bench          # every scenario, full sizes (under 10 minutes); writes bench/results/
     tests/bench/test_smoke.py: every scenario, tiny sizes, into a temporary folder

@@ -1,4 +1,4 @@
-"""The targets of issue 6, judged on one run's figures (ratios to the baselines of that run)."""
+"""The performance targets (docs/performance.md), judged on one run's figures (ratios to the baselines of that run)."""
 
 from __future__ import annotations
 

@@ -66,7 +66,9 @@ def test_every_scenario_reports(tmp_path: Path) -> None:
         assert len(summary["slow_rss_mb"]) >= 3, summary
     assert data["memory"]["tokenwire"]["slow_tokens_generated"] > 0
     assert len(data["targets"]) >= 10
-    assert all(t["passed"] in (True, False, None) for t in data["targets"])
+    # A target is judged exactly when it was measured: n/a rows carry no verdict.
+    for t in data["targets"]:
+        assert (t["measured"] == "n/a") == (t["passed"] is None), t
 
     # The docs page's figures block now holds this run's targets and plots.
     page = docs.read_text()
