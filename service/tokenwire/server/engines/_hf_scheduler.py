@@ -30,7 +30,7 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,11 +74,9 @@ class Scheduler:
         self._batches: list[_Batch] = []
         self._events: list[Event] = []
         self._stopping = False
-        self._prefill_args = (
-            {"logits_to_keep": 1}
-            if "logits_to_keep" in inspect.signature(model.forward).parameters
-            else {}
-        )
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_arg = _cache_argument(parameters)
+        self._prefill_args = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
         self._thread = threading.Thread(target=self._run, name="tokenwire-hf", daemon=True)
 
     @property
@@ -162,8 +160,8 @@ class Scheduler:
             out = self._model(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_arg: cache},
                 **self._prefill_args,
             )
             logits = out.logits[0, -1, : cfg.text_vocab]
@@ -199,8 +197,8 @@ class Scheduler:
                 input_ids=ids,
                 position_ids=positions,
                 attention_mask=batch.mask,
-                past_key_values=batch.cache,
                 use_cache=True,
+                **{self._cache_arg: batch.cache},
             )
         except Exception as error:
             self._batches.remove(batch)
@@ -248,6 +246,16 @@ class Scheduler:
         if self._events:
             events, self._events = self._events, []
             self._publish(events)
+
+
+def _cache_argument(parameters: Mapping[str, inspect.Parameter]) -> str:
+    """The name ``forward`` takes the KV cache by.
+
+    transformers renamed ``past_key_values`` to ``cache`` during 5.x (5.24 warns on
+    the old name, to be removed in 5.40); 4.56, the floor, and remote-code models
+    written for it take only ``past_key_values``.
+    """
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _pad_left(batch: _Batch, columns: int) -> None:
