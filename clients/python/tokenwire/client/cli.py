@@ -1,20 +1,23 @@
 """The ``tokenwire`` command: generate, chat, info and tokenize against a tokenwire server.
 
     tokenwire generate "Once upon a time" --max-tokens 64 --stats
+    echo "Once upon a time" | tokenwire generate - --logprobs
     tokenwire chat "What is gRPC?" --system "Answer in one line."
-    tokenwire info --target 10.0.0.5:50051
+    tokenwire --target 10.0.0.5:50051 info
     tokenwire tokenize "Hello world" --json
 
 Text is printed as it arrives. Ctrl-C cancels the call (the server aborts the
-generation) and exits 130. A failed call prints ``error: <CODE>: <details>`` to
-stderr and exits 2 for an invalid request, 1 otherwise. ``--target`` and
-``--api-key`` default to $TOKENWIRE_TARGET and $TOKENWIRE_API_KEY.
+generation), prints the ``--stats`` of what arrived when asked for, and exits 130.
+A failed call prints ``error: <CODE>: <details>`` to stderr and exits 2 for an
+invalid request, 1 otherwise. The connection flags go before or after the command;
+``--target`` and ``--api-key`` default to $TOKENWIRE_TARGET and $TOKENWIRE_API_KEY.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import os
 import sys
@@ -24,7 +27,6 @@ from typing import cast
 # Only the public API: the command is also an example of using it.
 from tokenwire.client import (
     DEFAULT_TARGET,
-    Chunk,
     Client,
     GenerateOptions,
     InvalidRequest,
@@ -32,6 +34,7 @@ from tokenwire.client import (
     Stream,
     TokenwireError,
 )
+from tokenwire.client._cli_output import print_stream
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -41,7 +44,10 @@ Command = Callable[[Client, argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit status."""
-    args = _parser(environ).parse_args(argv)
+    parser = _parser(environ)
+    args = parser.parse_args(argv)
+    if (args.tls_client_cert is None) != (args.tls_client_key is None):
+        parser.error("--tls-client-cert and --tls-client-key go together")
     command: Command = args.command
     try:
         with Client(
@@ -50,11 +56,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
             api_key=args.api_key or None,
             tls=args.tls,
             root_certificates=args.ca_cert,
+            certificate_chain=args.tls_client_cert,
+            private_key=args.tls_client_key,
         ) as client:
             return command(client, args)
     except KeyboardInterrupt:
-        # Leaving the stream's loop and the client's block has cancelled the call; end
-        # the line of text cut short, so that the shell prompt starts on its own line.
+        # Leaving the client's block has cancelled any call; end the line of text cut
+        # short, so that the shell prompt starts on its own line.
         if not args.json:
             print(flush=True)
         return EXIT_INTERRUPTED
@@ -69,13 +77,26 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
 
 
 def _generate(client: Client, args: argparse.Namespace) -> int:
-    return _print_stream(client.generate(args.prompt, **_options(args)), args)
+    # Like "$(cat file)" in a shell, drop the newline(s) that end the input.
+    prompt = sys.stdin.read().rstrip("\n") if args.prompt == "-" else args.prompt
+    return _print(client.generate(prompt, **_options(args)), args)
 
 
 def _chat(client: Client, args: argparse.Namespace) -> int:
     messages: list[Message] = [("system", args.system)] if args.system else []
     messages.append(("user", args.message))
-    return _print_stream(client.chat(messages, **_options(args)), args)
+    return _print(client.chat(messages, **_options(args)), args)
+
+
+def _print(stream: Stream, args: argparse.Namespace) -> int:
+    finished = print_stream(
+        stream,
+        sequences=args.n or 1,
+        json_lines=args.json,
+        logprobs=bool(args.logprobs or args.top_logprobs),
+        stats=args.stats,
+    )
+    return 0 if finished else EXIT_INTERRUPTED
 
 
 def _info(client: Client, args: argparse.Namespace) -> int:
@@ -105,12 +126,16 @@ def _tokenize(client: Client, args: argparse.Namespace) -> int:
 # Flags whose argparse dest is the name of a generation option.
 _GENERATION_FLAGS = (
     "max_tokens",
+    "min_tokens",
     "temperature",
     "top_p",
     "top_k",
     "seed",
     "stop",
+    "stop_token_ids",
     "n",
+    "logprobs",
+    "top_logprobs",
     "streaming_step",
     "ignore_eos",
     "model",
@@ -126,127 +151,178 @@ def _options(args: argparse.Namespace) -> GenerateOptions:
     )
 
 
-def _print_stream(stream: Stream, args: argparse.Namespace) -> int:
-    """Print chunks as they arrive: text, or one JSON object per line with --json.
+def _add_global_flags(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], *, defaults: bool
+) -> None:
+    """The flags of every command, given before the command's name or after it.
 
-    With --n above 1 the sequences would interleave, so each is printed whole when it
-    finishes, under a ``--- <index> ---`` line.
+    They are added to the top-level parser (`tokenwire --target X info`) with their
+    defaults, and to each command (`tokenwire info --target X`) without: argparse
+    copies every value of a command's namespace over the top-level one, so a default
+    there would overwrite a flag given before the command. Help texts spell the
+    defaults out, as ``%(default)s`` would show the commands' placeholder.
     """
-    with stream:
-        for chunk in stream:
-            if args.json:
-                print(json.dumps(dataclasses.asdict(chunk), ensure_ascii=False), flush=True)
-            elif (args.n or 1) > 1:
-                _print_finished_sequence(stream, chunk)
-            else:
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
-    if not args.json and (args.n or 1) == 1:
-        print(flush=True)
-    if args.stats:
-        print(_stats(stream), file=sys.stderr)
-    return 0
 
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
 
-def _print_finished_sequence(stream: Stream, chunk: Chunk) -> None:
-    if chunk.finish_reason is not None:
-        print(f"--- {chunk.index} ---\n{stream.texts[chunk.index]}", flush=True)
-
-
-def _stats(stream: Stream) -> str:
-    parts = [
-        f"finish_reason={stream.finish_reason}",
-        f"tokens={stream.token_count}",
-        f"tokens_per_second={stream.tokens_per_second:.1f}",
-    ]
-    if stream.time_to_first_token is not None:
-        parts.append(f"client_ttft_ms={stream.time_to_first_token * 1000:.1f}")
-    if stream.usage is not None:
-        parts.append(f"prompt_tokens={stream.usage.prompt_tokens}")
-        parts.append(f"cached_prompt_tokens={stream.usage.cached_prompt_tokens}")
-    if stream.timing is not None:
-        parts.append(f"queue_ms={stream.timing.queue_ms:.1f}")
-        parts.append(f"ttft_ms={stream.timing.time_to_first_token_ms:.1f}")
-        parts.append(f"total_ms={stream.timing.total_ms:.1f}")
-    return " ".join(parts)
-
-
-def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    connection = argparse.ArgumentParser(add_help=False)
-    group = connection.add_argument_group("connection")
+    group = parser.add_argument_group("connection")
     group.add_argument(
         "--target",
-        default=environ.get("TOKENWIRE_TARGET", DEFAULT_TARGET),
-        help="server host:port (default: $TOKENWIRE_TARGET or %(default)s)",
+        default=default(environ.get("TOKENWIRE_TARGET", DEFAULT_TARGET)),
+        help=f"server host:port (default: $TOKENWIRE_TARGET, else {DEFAULT_TARGET})",
     )
     group.add_argument(
         "--api-key",
-        default=environ.get("TOKENWIRE_API_KEY"),
-        help="bearer token sent as authorization metadata (default: $TOKENWIRE_API_KEY)",
-    )
-    group.add_argument("--tls", action="store_true", help="connect with TLS")
-    group.add_argument(
-        "--ca-cert",
-        type=_read_file,
-        metavar="PEM_FILE",
-        help="root certificates to trust (implies --tls)",
+        default=default(environ.get("TOKENWIRE_API_KEY")),
+        help="bearer token sent as authorization metadata (default: $TOKENWIRE_API_KEY, else none)",
     )
     group.add_argument(
-        "--deadline", type=_positive_float, metavar="SECONDS", help="give up after this long"
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="connect with TLS, trusting the system's root certificates (default: "
+        "plaintext, unless a certificate flag below is given)",
     )
-    group.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    for flag, what in (
+        ("--ca-cert", "root certificates to trust instead of the system's"),
+        ("--tls-client-cert", "client certificate chain to present, for mutual TLS"),
+        ("--tls-client-key", "private key of --tls-client-cert"),
+    ):
+        group.add_argument(
+            flag,
+            type=_read_file,
+            metavar="PEM_FILE",
+            default=default(None),
+            help=f"{what}; implies --tls (default: none)",
+        )
+    group.add_argument(
+        "--deadline",
+        type=_positive_float,
+        metavar="SECONDS",
+        default=default(None),
+        help="give up on the call after this long (default: no deadline)",
+    )
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print JSON, one object per line (default: text)",
+    )
 
-    sampling = argparse.ArgumentParser(add_help=False)
-    group = sampling.add_argument_group("generation")
-    group.add_argument("--max-tokens", type=_non_negative_int, metavar="N")
-    group.add_argument("--temperature", type=float)
-    group.add_argument("--top-p", type=float)
-    group.add_argument("--top-k", type=_non_negative_int)
-    group.add_argument("--seed", type=_non_negative_int)
-    group.add_argument(
-        "--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)"
+
+def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """Generation options; each left out keeps the server's default (None: not sent)."""
+    group = parser.add_argument_group("generation")
+    add = group.add_argument
+    add(
+        "--max-tokens",
+        type=_non_negative_int,
+        metavar="N",
+        help="most tokens per sequence (default: the server's, limits.default_max_tokens "
+        "in `tokenwire info`)",
     )
-    group.add_argument("--n", type=_non_negative_int, help="number of sequences")
-    group.add_argument(
-        "--streaming-step", type=_non_negative_int, metavar="N", help="tokens per message"
+    add(
+        "--min-tokens",
+        type=_non_negative_int,
+        metavar="N",
+        help="fewest tokens before end-of-sequence or a stop may end a sequence (default: 0)",
     )
-    group.add_argument(
-        "--ignore-eos", action="store_true", default=None, help="generate all --max-tokens"
+    add("--temperature", type=float, help="0 is greedy, up to 2 (default: the model's)")
+    add("--top-p", type=float, help="nucleus sampling, in (0, 1] (default: the model's)")
+    add("--top-k", type=_non_negative_int, help="0 turns it off (default: the model's)")
+    add("--seed", type=_non_negative_int, help="the same seed gives the same text (default: none)")
+    add(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="stop at this text, left out of the output; repeatable (default: none)",
     )
-    group.add_argument("--model", help="must name the served model (see `tokenwire info`)")
-    group.add_argument("--request-id")
-    group.add_argument(
-        "--stats", action="store_true", help="print usage, timing and tokens/s to stderr"
+    add(
+        "--stop-token-id",
+        dest="stop_token_ids",
+        action="append",
+        type=_non_negative_int,
+        metavar="ID",
+        help="stop at this token id (see `tokenwire tokenize`); repeatable (default: none)",
+    )
+    add("--n", type=_non_negative_int, help="number of sequences (default: 1)")
+    add(
+        "--ignore-eos",
+        action="store_true",
+        default=None,
+        help="go on past end-of-sequence, up to --max-tokens or a stop (default: off)",
+    )
+    add(
+        "--logprobs",
+        action="store_true",
+        default=None,
+        help="print each token's log probability after the text (default: off)",
+    )
+    add(
+        "--top-logprobs",
+        type=_non_negative_int,
+        metavar="N",
+        help="also print the N most likely tokens at each position; implies --logprobs "
+        "(default: 0)",
+    )
+    add(
+        "--streaming-step",
+        type=_non_negative_int,
+        metavar="N",
+        help="tokens per message; 0 sends whatever is ready (default: 1)",
+    )
+    add("--model", help="must name the served model (default: the served model)")
+    add("--request-id", help="echoed on every response (default: one the server assigns)")
+    add(
+        "--stats",
+        action="store_true",
+        help="print usage, timing and tokens/s to stderr at the end, or at Ctrl-C (default: off)",
     )
 
+
+def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenwire", description="Stream tokens from a tokenwire server."
     )
+    parser.add_argument("--version", action="version", version=f"tokenwire {_version()}")
+    _add_global_flags(parser, environ, defaults=True)
     commands = parser.add_subparsers(title="commands", required=True)
 
-    def command(
-        name: str, run: Command, summary: str, *parents: argparse.ArgumentParser
-    ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=summary, description=summary, parents=[*parents])
+    def command(name: str, run: Command, summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary)
+        _add_global_flags(sub, environ, defaults=False)
         sub.set_defaults(command=run)
         return sub
 
-    generate = command("generate", _generate, "stream a completion of PROMPT", connection, sampling)
-    generate.add_argument("prompt")
-    chat = command("chat", _chat, "stream the reply to MESSAGE", connection, sampling)
+    generate = command("generate", _generate, "stream a completion of PROMPT")
+    generate.add_argument("prompt", help="the prompt; - reads it from standard input")
+    _add_generation_flags(generate)
+    chat = command("chat", _chat, "stream the reply to MESSAGE")
     chat.add_argument("message")
-    chat.add_argument("--system", help="system prompt before the message")
-    command("info", _info, "describe the served model and limits", connection)
-    tokenize = command("tokenize", _tokenize, "show the tokens of TEXT", connection)
+    chat.add_argument("--system", help="system prompt before the message (default: none)")
+    _add_generation_flags(chat)
+    command("info", _info, "describe the served model and limits")
+    tokenize = command("tokenize", _tokenize, "show the tokens of TEXT")
     tokenize.add_argument("text")
     tokenize.add_argument(
         "--no-special-tokens",
         dest="special_tokens",
         action="store_const",
         const=False,
-        help="leave out special tokens such as beginning-of-sequence",
+        help="leave out special tokens such as beginning-of-sequence (default: the "
+        "server's, which adds them)",
     )
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tokenwire")
+    except importlib.metadata.PackageNotFoundError:
+        # Run from a source tree on PYTHONPATH, without installing the distribution.
+        return "(not installed)"
 
 
 def _read_file(path: str) -> bytes:
