@@ -271,8 +271,11 @@ def test_stop_token_ids_end_the_sequence_at_the_first_of_them(sim_server: Server
 
 
 def test_min_tokens_hold_off_a_stop(sim_server: ServerProcess) -> None:
-    story = ["generate", "Tell me a story", "--target", sim_server.target, "--json"]
-    story += ["--stop", ".", "--max-tokens", "64"]
+    with Client(sim_server.target, timeout=30) as client:
+        full = client.complete("Go on", max_tokens=30, ignore_eos=True, seed=5).text
+    word = full.split()[3]  # a stop that fires a few tokens in
+    story = ["generate", "Go on", "--target", sim_server.target, "--json", "--stop", word]
+    story += ["--max-tokens", "30", "--ignore-eos", "--seed", "5"]
     early = json_lines(tokenwire(*story))
     assert early[-1]["finish_reason"] == "stop_sequence"
     stopped_at = early[-1]["usage"]["completion_tokens"]
@@ -280,7 +283,7 @@ def test_min_tokens_hold_off_a_stop(sim_server: ServerProcess) -> None:
     assert held[-1]["usage"]["completion_tokens"] > stopped_at
     # The stop that ended the first run is now text like any other.
     early_text = "".join(chunk["text"] for chunk in early)
-    assert "".join(chunk["text"] for chunk in held).startswith(early_text + ".")
+    assert "".join(chunk["text"] for chunk in held).startswith(early_text + word)
 
 
 def test_logprobs_print_a_table_after_the_text(sim_server: ServerProcess) -> None:
