@@ -5,10 +5,11 @@
 No engine, no validation, no metrics: each call yields PRE-BUILT responses of
 the same size and shape as tokenwire's (a 36-character request id, one token
 id and a word of text per message, or ``streaming_step`` of them; usage and
-timing on the last), from an async generator on uvloop: of the grpc.aio forms
-measured on our machines (docs/performance.md, "The transport's own cost"), the fastest. With ``--itl-ms`` it follows the simulator's
-schedule (first message ``ttft`` after the call starts, then one every ``itl``,
-on the same event-loop clock), so latency can be judged against it.
+timing on the last), from an async generator on uvloop: the fastest of the
+grpc.aio forms measured on our machines (docs/performance.md, "The transport's
+own cost"). With ``--itl-ms`` it follows the simulator's schedule (first
+message ``ttft`` after the call starts, then one every ``itl``, on the same
+event-loop clock), so latency can be judged against it.
 """
 
 from __future__ import annotations

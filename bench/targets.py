@@ -1,4 +1,7 @@
-"""The performance targets (docs/performance.md), judged on one run's figures (ratios to the baselines of that run)."""
+"""The performance targets (docs/performance.md), judged on one run's figures.
+
+Each is a ratio to a baseline measured in the same run.
+"""
 
 from __future__ import annotations
 
