@@ -88,6 +88,18 @@ class SimTokenizer:
         turns = [f"<|{m.role}|>\n{m.content}<|end|>\n" for m in messages]
         return "".join(turns) + "<|assistant|>\n"
 
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of ``token_ids``, as a byte-level BPE tokenizer's decode renders it.
+
+        The tokens' bytes are joined (special tokens as their markup, unless skipped)
+        and read as UTF-8 with one U+FFFD per maximal invalid or incomplete part.
+        """
+        tokens = self._bytes
+        data = b"".join(
+            tokens[t] for t in token_ids if not (skip_special_tokens and t < BYTE_OFFSET)
+        )
+        return data.decode("utf-8", errors="replace")
+
     def token_bytes(self, token_id: int) -> bytes:
         return self._bytes[token_id]
 

@@ -8,15 +8,20 @@ produces one token per step as fast as the event loop allows.
 
 It honours everything a real engine does that clients can observe: max_tokens,
 min_tokens, end-of-sequence (or ``ignore_eos``), stop strings and stop token
-ids, n sequences, logprobs with alternatives, chat and token-id input, and
-multi-byte characters split across byte tokens.
+ids, n sequences, logprobs with alternatives, chat and token-id input,
+``skip_special_tokens`` (the end-of-sequence token's markup), and multi-byte
+characters split across byte tokens. Each sequence's text is its tokenizer's
+decode of its token ids (``SimTokenizer.decode``), cut before a stop as with
+the other engines (docs/engines.md, "Text").
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import zlib
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,6 +160,7 @@ class _Sequence:
         "done",
         "index",
         "logprob",
+        "logprob_rng",
         "natural_length",
         "queue",
         "rng",
@@ -165,6 +171,8 @@ class _Sequence:
     def __init__(self, index: int, seed: int, request: GenerationRequest) -> None:
         self.index = index
         self.rng = random.Random(seed)
+        # Logprobs draw from their own generator: asking for them changes no text.
+        self.logprob_rng = random.Random(f"logprobs {seed}") if request.logprobs else self.rng
         self.queue: list[int] = []  # tokens of the current word, not yet emitted
         self.count = 0
         # Where the "model" would end its answer by itself (end-of-sequence).
@@ -190,13 +198,16 @@ class _SimHandle:
         self._request = request
         self._next_due = now + engine._config.ttft_s
         self._itl = engine._config.itl_s
+        # The "model" reads its prompt: the text is a function of the prompt and the
+        # seed. Without a seed it is a pretend greedy model (same prompt, same answer).
+        prompt = _prompt_key(request.prompt_token_ids)
         seed = request.sampling.seed
-        if seed is None:
-            # A pretend greedy model: the same prompt gives the same answer.
-            seed = zlib.crc32(b"".join(t.to_bytes(4, "little") for t in request.prompt_token_ids))
+        base = prompt if seed is None else (seed + 1) << 32 | prompt
         self._sequences = [
-            _Sequence(i, seed * 1_000_003 + i, request) for i in range(request.sampling.n)
+            _Sequence(i, base * 1_000_003 + i, request) for i in range(request.sampling.n)
         ]
+        # The end-of-sequence token's markup, as decode renders it (b"" when skipped).
+        self._eos_bytes = b"" if request.skip_special_tokens else self._tok.token_bytes(EOS_ID)
         self._remaining = request.sampling.n
         self._aborted = False
         self._ready_run = 0  # due steps handed over since the handle last waited
@@ -257,9 +268,21 @@ class _SimHandle:
         for seq in self._sequences:
             if not seq.done:
                 seq.done = True
-                deltas.append(SequenceDelta(seq.index, (), "", finish_reason="cancelled"))
+                text = self._end_text(seq, None)
+                deltas.append(SequenceDelta(seq.index, (), text, finish_reason="cancelled"))
         self._remaining = 0
         return deltas
+
+    @staticmethod
+    def _end_text(seq: _Sequence, match: str | int | None) -> str:
+        """What a sequence still holds back when it ends, as decode renders it.
+
+        A stop string cuts the text where it matched, so nothing held goes out
+        then. Held bytes are not searched for stop strings: they are U+FFFD.
+        """
+        if isinstance(match, str):
+            return ""
+        return seq.stops.flush() + seq.utf8.finish()
 
     def _advance_one(self, seq: _Sequence) -> SequenceDelta:
         """``_advance`` for one token of a request with no logprobs and no stops."""
@@ -267,7 +290,7 @@ class _SimHandle:
         seq.count += 1
         finish: FinishReason | None = None
         if token == EOS_ID:
-            finish, text = "stop", ""
+            finish, text = "stop", seq.utf8.push(self._eos_bytes)
         else:
             text = seq.utf8.push(self._tok.token_bytes(token))
             if seq.count >= self._request.max_tokens:
@@ -275,7 +298,7 @@ class _SimHandle:
         if finish is not None:
             seq.done = True
             self._remaining -= 1
-            seq.utf8.finish()
+            text += seq.utf8.finish()
         return SequenceDelta(seq.index, (token,), text, (), None, finish)
 
     def _advance_plain(self, seq: _Sequence, steps: int) -> SequenceDelta:
@@ -291,6 +314,7 @@ class _SimHandle:
             ids.append(token)
             if token == EOS_ID:
                 finish = "stop"
+                chunks.append(push(self._eos_bytes))
                 break
             chunks.append(push(token_bytes(token)))
             if seq.count >= max_tokens:
@@ -299,7 +323,7 @@ class _SimHandle:
         if finish is not None:
             seq.done = True
             self._remaining -= 1
-            seq.utf8.finish()
+            chunks.append(seq.utf8.finish())
         return SequenceDelta(seq.index, tuple(ids), "".join(chunks), (), None, finish)
 
     def _advance(self, seq: _Sequence, steps: int) -> SequenceDelta:
@@ -315,20 +339,24 @@ class _SimHandle:
             ids.append(token)
             if request.logprobs:
                 logprobs.append(self._logprob(seq, token))
-            if token == EOS_ID:
-                finish = "stop"
-            elif token in self._stop_ids and seq.count >= request.min_tokens:
+            if token != EOS_ID and token in self._stop_ids and seq.count >= request.min_tokens:
+                # No stop string matched: what they held back goes out before the
+                # stop token, whose own text goes out only when asked for.
                 finish, match = "stop_sequence", token
                 chunks.append(seq.stops.flush())
                 if request.include_stop_in_output:
                     chunks.append(seq.utf8.push(self._tok.token_bytes(token)))
+                break
+            if token == EOS_ID:
+                finish = "stop"
+                text = seq.utf8.push(self._eos_bytes)
             else:
                 text = seq.utf8.push(self._tok.token_bytes(token))
-                if seq.stops and seq.count >= request.min_tokens:
-                    text, stop = seq.stops.push(text)
-                    if stop is not None:
-                        finish, match = "stop_sequence", stop
-                chunks.append(text)
+            if seq.stops and seq.count >= request.min_tokens:
+                text, stop = seq.stops.push(text)
+                if stop is not None:
+                    finish, match = "stop_sequence", stop
+            chunks.append(text)
             if finish is None and seq.count >= request.max_tokens:
                 finish = "length"
             if finish is not None:
@@ -336,9 +364,7 @@ class _SimHandle:
         if finish is not None:
             seq.done = True
             self._remaining -= 1
-            if match is None:
-                chunks.append(seq.stops.flush())
-            seq.utf8.finish()
+            chunks.append(self._end_text(seq, match))
         return SequenceDelta(
             index=seq.index,
             token_ids=tuple(ids),
@@ -370,7 +396,7 @@ class _SimHandle:
 
     def _logprob(self, seq: _Sequence, token: int) -> TokenLogprob:
         # The sampled token is the most likely; alternatives trail behind it.
-        rng = seq.rng
+        rng = seq.logprob_rng
         value = -abs(rng.gauss(0.0, 0.6))
         seq.logprob += value
         top: list[TopLogprob] = []
@@ -383,3 +409,11 @@ class _SimHandle:
                 other = rng.randrange(vocab)
                 top.append(TopLogprob(other, self._tok.token_string(other), alt))
         return TokenLogprob(token, self._tok.token_string(token), value, tuple(top))
+
+
+def _prompt_key(token_ids: Sequence[int]) -> int:
+    """A 32-bit digest of a prompt: the CRC of its ids as little-endian uint32s."""
+    data = array("I", token_ids)  # ids are below the vocabulary size: they fit
+    if sys.byteorder == "big":
+        data.byteswap()  # the same digest, and so the same text, on every machine
+    return zlib.crc32(data.tobytes())

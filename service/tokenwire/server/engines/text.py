@@ -5,7 +5,10 @@ garbled CJK and emoji, stop strings half sent before they match):
 
 - A character can span several byte-level tokens. ``Utf8Deltas`` holds back the
   bytes of an incomplete character until it is whole, so no delta ever carries
-  U+FFFD made by splitting.
+  U+FFFD made by splitting. When the sequence ends with bytes still held,
+  ``finish`` renders them as a byte-level tokenizer's decode does (one U+FFFD per
+  maximal invalid subpart, as Rust's ``from_utf8_lossy`` and Python's
+  ``errors="replace"`` both do), so the deltas add up to the decode of the ids.
 - A stop string can span several tokens. ``StopStrings`` holds back the text
   that could still be the start of a stop string, so the stop itself never goes
   out unless the request asked for it.
@@ -30,9 +33,12 @@ class Utf8Deltas:
         return self._decoder.decode(data)
 
     def finish(self) -> str:
-        """End of sequence: drop the bytes of a character that never completed."""
-        self._decoder.reset()
-        return ""
+        """End of sequence: the bytes still held, rendered as decode renders them.
+
+        "" when nothing is held; else U+FFFD for a character that never completed.
+        The decoder is ready for a new sequence afterwards.
+        """
+        return self._decoder.decode(b"", final=True)
 
 
 class StopStrings:
@@ -48,6 +54,11 @@ class StopStrings:
 
     def __bool__(self) -> bool:
         return bool(self._stops)
+
+    @property
+    def held(self) -> str:
+        """The text held back because it might start a stop string."""
+        return self._pending
 
     def push(self, text: str) -> tuple[str, str | None]:
         """Feed new text; return (text safe to emit, the stop that matched or None).
