@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import random
 import re
 import shutil
 from collections.abc import AsyncIterator, Sequence
@@ -114,9 +115,16 @@ async def run(engine: TransformersEngine, ids: tuple[int, ...], **fields: Any) -
     return await collect(engine.submit(request(ids, **fields)))
 
 
-def reference_text(tokenizer: Any, tokens: list[int]) -> str:
-    """The whole sequence decoded at once, less an incomplete last character."""
-    return str(tokenizer.decode(tokens, skip_special_tokens=True)).rstrip("\ufffd")
+FFFD = "\ufffd"
+
+
+def reference_text(tokenizer: Any, tokens: list[int], skip_special_tokens: bool = True) -> str:
+    """The whole sequence decoded at once: what its streamed text must add up to."""
+    return str(
+        tokenizer.decode(
+            tokens, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
+        )
+    )
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -245,6 +253,26 @@ async def test_seeded_sampling_is_reproducible(engine: TransformersEngine):
     assert other[0].tokens != first[0].tokens
 
 
+async def test_asking_for_variety_samples_by_default(engine: TransformersEngine):
+    """No temperature: greedy for a plain request, temperature 1 with n > 1 or a seed."""
+    ids = await prompt_ids(engine)
+    greedy = (await run(engine, ids, temperature=0.0, max_tokens=20, ignore_eos=True))[0].tokens
+    plain = (await run(engine, ids, max_tokens=20, ignore_eos=True))[0].tokens
+    assert plain == greedy
+    several = await run(engine, ids, n=3, max_tokens=20, ignore_eos=True)
+    assert len({tuple(s.tokens) for s in several.values()}) == 3
+    seeded = [
+        (await run(engine, ids, seed=seed, max_tokens=20, ignore_eos=True))[0].tokens
+        for seed in (1, 1, 2)
+    ]
+    assert seeded[0] == seeded[1] != seeded[2]
+    explicit = await run(engine, ids, seed=1, temperature=1.0, max_tokens=20, ignore_eos=True)
+    assert explicit[0].tokens == seeded[0]  # the default is temperature 1.0
+    assert greedy not in seeded
+    zero = await run(engine, ids, seed=1, n=2, temperature=0.0, max_tokens=20, ignore_eos=True)
+    assert zero[0].tokens == zero[1].tokens == greedy  # an explicit 0 stays greedy
+
+
 async def test_truncation_to_one_token_is_greedy(engine: TransformersEngine):
     ids = await prompt_ids(engine)
     greedy = (await run(engine, ids, ignore_eos=True))[0].tokens
@@ -332,6 +360,100 @@ async def test_end_of_sequence_and_ignore_eos(engine: TransformersEngine, tokeni
     assert "<|eos|>" in shown[0].text
     early = (await run(engine, ids, temperature=2.0, seed=seed, max_tokens=40, min_tokens=40))[0]
     assert eos not in early.tokens
+    # A sequence that ends on EOS shows it too, as decode does, unless it is skipped.
+    for skip in (True, False):
+        ended = await run(
+            engine, ids, temperature=2.0, seed=seed, max_tokens=40, skip_special_tokens=skip
+        )
+        assert ended[0].tokens == seq.tokens and ended[0].finish == "stop"
+        assert ended[0].text == reference_text(tokenizer, seq.tokens, skip_special_tokens=skip)
+        assert ended[0].text.endswith("<|eos|>") is not skip
+
+
+async def test_each_sequence_reads_as_the_decode_of_its_ids(
+    engine: TransformersEngine, tokenizer: Any
+):
+    """Many seeds at temperature 1 with n = 2: random weights emit split characters and
+    invalid bytes all the time. Whatever ends a sequence (max_tokens, EOS), its streamed
+    text is the tokenizer's decode of its ids, and only its last delta may end in U+FFFD."""
+    ids = await prompt_ids(engine, "日本語 🚀 café")
+
+    async def one(seed: int) -> tuple[bool, dict[int, Seq]]:
+        rng = random.Random(seed)
+        skip = seed % 2 == 0
+        fields = {"max_tokens": rng.randint(4, 32), "skip_special_tokens": skip}
+        return skip, await run(engine, ids, temperature=1.0, seed=seed, n=2, **fields)
+
+    flushed = ended = 0
+    for skip, result in await asyncio.gather(*(one(seed) for seed in range(48))):
+        for seq in result.values():
+            assert seq.text == reference_text(tokenizer, seq.tokens, skip_special_tokens=skip)
+            assert not any(t.endswith(FFFD) for t in seq.texts[:-1])
+            flushed += seq.texts[-1].endswith(FFFD)
+            ended += seq.finish == "stop"
+    assert flushed > 0 and ended > 0  # both kinds of end were seen, held bytes flushed
+
+
+async def first_held(
+    engine: TransformersEngine, tokenizer: Any, ids: tuple[int, ...]
+) -> tuple[int, list[int], int]:
+    """A seed, its first 40 tokens, and a length after which the stream holds bytes back."""
+    for seed in range(64):
+        tokens = (
+            await run(engine, ids, seed=seed, temperature=2.0, max_tokens=40, ignore_eos=True)
+        )[0].tokens
+        for k in range(1, 40):
+            if reference_text(tokenizer, tokens[:k]).endswith(FFFD):
+                return seed, tokens, k
+    raise AssertionError("no seed split a character")
+
+
+async def test_an_abort_flushes_what_the_sequence_held(engine: TransformersEngine, tokenizer: Any):
+    ids = await prompt_ids(engine, "日本語 🚀 café")
+    for seed in range(64):
+        handle = engine.submit(
+            request(ids, max_tokens=200, ignore_eos=True, temperature=2.0, seed=seed)
+        )
+        seq = Seq()
+        steps = aiter(handle)
+        async with asyncio.timeout(30):
+            while not handle.finished:
+                absorb({0: seq}, await anext(steps))
+                pending = reference_text(tokenizer, seq.tokens)[len(seq.text) :]
+                if pending:
+                    break
+        if handle.finished:
+            continue
+        handle.abort()
+        last = await anext(steps)
+        assert [(d.finish_reason, d.text) for d in last] == [("cancelled", pending)]
+        assert pending.endswith(FFFD)
+        assert seq.text + last[0].text == reference_text(tokenizer, seq.tokens)
+        return
+    pytest.fail("no seed held bytes back mid-stream")
+
+
+async def test_a_failing_request_first_sends_what_it_held(
+    engine: TransformersEngine, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+):
+    ids = await prompt_ids(engine, "日本語 🚀 café")
+    seed, tokens, k = await first_held(engine, tokenizer, ids)
+    sample = _hf_sampling.Sampler.sample
+
+    def broken(self: _hf_sampling.Sampler, logits: Any, generated: int, want: bool) -> Any:
+        if self._options.seed == seed and generated == k:
+            raise RuntimeError("boom")
+        return sample(self, logits, generated, want)
+
+    monkeypatch.setattr(_hf_sampling.Sampler, "sample", broken)
+    handle = engine.submit(request(ids, max_tokens=40, ignore_eos=True, temperature=2.0, seed=seed))
+    seq = Seq()
+    with pytest.raises(RequestFailed, match="boom"):
+        async with asyncio.timeout(30):
+            async for step in handle:
+                absorb({0: seq}, step)
+    assert seq.tokens == tokens[:k] and seq.finish is None
+    assert seq.text == reference_text(tokenizer, tokens[:k]) and seq.text.endswith(FFFD)
 
 
 async def test_abort_mid_stream_frees_the_request_at_once(engine: TransformersEngine):

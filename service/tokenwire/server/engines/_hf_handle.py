@@ -4,6 +4,11 @@ The worker never touches a handle: it posts ``Event``s, which ``dispatch`` hands
 to the handles on the event loop (through ``loop.call_soon_threadsafe``). A
 handle keeps what arrived in a queue until its consumer reads it; ``abort()``
 only sets flags, and the worker drops the job's sequences before its next step.
+
+Each step also says what every sequence holds back after it (an incomplete
+character, a possible start of a stop string). A handle that ends a sequence
+itself, on ``abort()`` or an error, sends that text as the sequence's last, so
+even then the text adds up to the decode of the ids it handed out.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from .base import GenerationRequest, RequestFailed, SequenceDelta
 
@@ -27,8 +33,16 @@ class Job:
         self.aborted = False
 
 
-Event = tuple[Job, list[SequenceDelta] | str]
-"""What a job gained in one step (one delta per sequence that advanced), or its error."""
+class Gained(NamedTuple):
+    """What a job gained in one step: one delta per sequence that advanced, and
+    the text each of them holds back after it (by position, "" for none)."""
+
+    deltas: list[SequenceDelta]
+    held: list[str]
+
+
+Event = tuple[Job, Gained | str]
+"""What a job gained in one step, or its error."""
 
 
 def dispatch(events: list[Event]) -> None:
@@ -60,6 +74,10 @@ class TransformersHandle:
         self._waiter: asyncio.Future[None] | None = None
         self._aborted = False
         self._error: str | None = None
+        # Text each sequence holds back: after the deltas read so far (``_held``), and
+        # after those still queued (``_queued_held``, which an abort discards).
+        self._held: dict[int, str] = {}
+        self._queued_held: dict[int, str] = {}
 
     @property
     def finished(self) -> bool:
@@ -76,7 +94,7 @@ class TransformersHandle:
         while True:
             if self._aborted:
                 cancelled = [
-                    SequenceDelta(i, (), "", finish_reason="cancelled")
+                    SequenceDelta(i, (), self._held.get(i, ""), finish_reason="cancelled")
                     for i in sorted(self._unread)
                 ]
                 self._unread.clear()
@@ -86,6 +104,11 @@ class TransformersHandle:
             if self._ready:
                 return self._take()
             if self._error is not None:
+                # What the sequences held back goes out before the error does.
+                held, self._held = self._held, {}
+                flushed = [SequenceDelta(i, (), text) for i, text in sorted(held.items()) if text]
+                if flushed:
+                    return flushed
                 raise RequestFailed(self._error)
             if not self._unread:
                 raise StopAsyncIteration
@@ -103,11 +126,13 @@ class TransformersHandle:
         self._release(self)
         self._wake()
 
-    def receive(self, deltas: list[SequenceDelta]) -> None:
+    def receive(self, gained: Gained) -> None:
         if self._aborted:
             return
+        deltas = gained.deltas
         self._ready.append(deltas)
-        for d in deltas:
+        for d, held in zip(deltas, gained.held, strict=True):
+            self._queued_held[d.index] = held
             if d.finish_reason is not None:
                 self._running.discard(d.index)
         if not self._running:
@@ -131,9 +156,12 @@ class TransformersHandle:
             for d in self._ready.popleft():
                 merged.setdefault(d.index, []).append(d)
         out = [parts[0] if len(parts) == 1 else _join(parts) for parts in merged.values()]
+        self._held.update(self._queued_held)
+        self._queued_held.clear()
         for d in out:
             if d.finish_reason is not None:
                 self._unread.discard(d.index)
+                self._held.pop(d.index, None)
         return out
 
 

@@ -6,8 +6,10 @@ The order is vLLM's and Hugging Face's:
    logits, multiplies negative ones);
 2. presence and frequency penalties over the output so far (OpenAI's definition);
 3. end-of-sequence and stop token ids are banned until ``min_tokens`` exist;
-4. temperature. **Unset or 0 means greedy**: the engine is deterministic unless a
-   request asks for sampling, as with TGI's defaults and the simulator's;
+4. temperature. 0 is greedy. **Unset is greedy for a plain request** (the engine
+   is deterministic unless asked otherwise, as with TGI's defaults and the
+   simulator's), **and 1.0 when the request asks for variety**: ``n`` > 1 or a
+   ``seed`` (``SamplingOptions.effective_temperature``, vLLM's default then);
 5. logprobs are read here: the distribution after steps 1-4, before truncation,
    so alternatives keep finite values;
 6. top-k, top-p and min-p truncate, and the token is drawn with the sequence's
@@ -30,7 +32,15 @@ _MASK64 = (1 << 64) - 1
 class Sampler:
     """One sequence's sampling state: its penalties' counts and its random generator."""
 
-    __slots__ = ("_banned", "_counts", "_generator", "_min_tokens", "_options", "_seen")
+    __slots__ = (
+        "_banned",
+        "_counts",
+        "_generator",
+        "_min_tokens",
+        "_options",
+        "_seen",
+        "_temperature",
+    )
 
     def __init__(
         self,
@@ -43,6 +53,7 @@ class Sampler:
         device: torch.device,
     ) -> None:
         self._options = options
+        self._temperature = options.effective_temperature
         self._min_tokens = min_tokens
         self._banned = torch.tensor(sorted(banned_early), dtype=torch.long, device=device)
         penalty = options.repetition_penalty
@@ -64,7 +75,7 @@ class Sampler:
 
     @property
     def greedy(self) -> bool:
-        return not self._options.temperature
+        return not self._temperature
 
     def sample(
         self, logits: torch.Tensor, generated: int, want_logprobs: bool
@@ -85,8 +96,7 @@ class Sampler:
         if generated < self._min_tokens and self._banned.numel():
             logits[self._banned] = -torch.inf
         if not self.greedy:
-            assert o.temperature is not None
-            logits /= o.temperature
+            logits /= self._temperature
         logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
         if self._generator is None:
             token = int(torch.argmax(logits))

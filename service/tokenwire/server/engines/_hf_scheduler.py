@@ -39,9 +39,9 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from ._hf_handle import Event, Job
+from ._hf_handle import Event, Gained, Job
 from ._hf_sequence import LiveSequence
-from .base import EngineUnavailable, SequenceDelta
+from .base import EngineUnavailable
 
 log = logging.getLogger("tokenwire.engine.transformers")
 
@@ -176,7 +176,7 @@ class Scheduler:
         except Exception as error:
             self._fail(job, error)
             return
-        self._events.append((job, deltas))
+        self._events.append((job, Gained(deltas, [row.held for row in rows])))
         batch = _Batch(rows, cache, torch.ones((n, ids.shape[1]), dtype=torch.long, device=device))
         self._compact(batch, owned=False)
         if not batch.rows:
@@ -206,15 +206,21 @@ class Scheduler:
                 self._fail(job, error)
             return
         logits = out.logits[:, -1, : self._cfg.text_vocab]
-        gained: dict[Job, list[SequenceDelta]] = {}
+        gained: dict[Job, Gained] = {}
         for i, row in enumerate(rows):
             row.position += 1
             if row.done or row.job.aborted:
                 continue
             try:
-                gained.setdefault(row.job, []).append(row.advance(logits[i]))
+                delta = row.advance(logits[i])
             except Exception as error:
                 self._fail(row.job, error)
+                continue
+            step = gained.get(row.job)
+            if step is None:
+                step = gained[row.job] = Gained([], [])
+            step.deltas.append(delta)
+            step.held.append(row.held)
         self._events.extend((job, d) for job, d in gained.items() if not job.aborted)
         self._compact(batch)
 

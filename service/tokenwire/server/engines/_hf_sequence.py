@@ -6,12 +6,18 @@
 whether the sequence ends:
 
 - an end-of-sequence id ends it with "stop" (unless ``ignore_eos``); the id is in
-  ``token_ids``, its text is not;
+  ``token_ids`` and its text is decoded like any other (so it shows only with
+  ``skip_special_tokens`` false);
 - a stop token id ends it with "stop_sequence"; its text only with
   ``include_stop_in_output``; neither can be drawn before ``min_tokens``;
 - a stop string ends it with "stop_sequence"; the text runs up to it (or through
   it with ``include_stop_in_output``), and it is looked for from ``min_tokens`` on;
 - ``max_tokens`` ends it with "length".
+
+When it ends other than by a stop string, the text held back (an incomplete
+character, a possible start of a stop string) goes out with the last delta.
+``held`` is that text at any moment, for a handle that ends the sequence
+itself (an abort, an error).
 """
 
 from __future__ import annotations
@@ -93,7 +99,7 @@ class LiveSequence:
         elif token in job.stop_ids:
             finish, match = "stop_sequence", token
         text = ""
-        if finish is None or (match is not None and request.include_stop_in_output):
+        if match is None or request.include_stop_in_output:
             text = self.detok.push(token)
         if finish is None and self.count >= request.max_tokens:
             finish = "length"
@@ -115,6 +121,11 @@ class LiveSequence:
             finish_reason=finish,
             stop_match=match,
         )
+
+    @property
+    def held(self) -> str:
+        """The text this sequence holds back now: what ending it here would release."""
+        return self.stops.held + self.detok.held
 
     def _logprob(self, token: int, logprobs: torch.Tensor, k: int) -> TokenLogprob:
         top: tuple[TopLogprob, ...] = ()

@@ -12,8 +12,10 @@ running ids twice, with and without the new tokens, and emits the difference
 While the window's text ends in U+FFFD the last character is incomplete: nothing
 is emitted and the offsets stay, so the next token completes it. A U+FFFD before
 the end comes from bytes that are invalid whatever follows, and goes out as is.
-At the end of the sequence ``flush`` releases what is held, less the U+FFFD of
-a character that never completed (as ``text.Utf8Deltas.finish`` drops it).
+``held`` is what the window holds back, as the tokenizer's decode renders it
+(U+FFFD for an incomplete character); at the end of the sequence ``flush``
+releases it, so the deltas add up to the decode of the ids. It costs nothing:
+``push`` has just decoded it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class IncrementalDetokenizer:
     >>> detok.push(token_id)      # "" while a character is incomplete
     """
 
-    __slots__ = ("_ids", "_prefix", "_read", "_skip", "_tokenizer")
+    __slots__ = ("_ids", "_prefix", "_read", "_skip", "_tokenizer", "held")
 
     def __init__(
         self, tokenizer: Decoder, prompt_ids: Sequence[int], skip_special_tokens: bool
@@ -56,6 +58,7 @@ class IncrementalDetokenizer:
         self._ids = tail
         self._prefix = 0
         self._read = len(tail)
+        self.held = ""  # the text ``flush`` would release now
 
     def push(self, token_id: int) -> str:
         """The text completed by ``token_id``; "" while a character waits for its bytes."""
@@ -63,7 +66,9 @@ class IncrementalDetokenizer:
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         text = self._decode(self._ids[self._prefix :])
         if len(text) <= len(prefix_text) or text.endswith(_REPLACEMENT):
+            self.held = text[len(prefix_text) :]
             return ""
+        self.held = ""
         self._prefix, self._read = self._read, len(self._ids)
         # Keep the window short: only ids from the prefix offset on are read again.
         if self._prefix > 0:
@@ -73,10 +78,9 @@ class IncrementalDetokenizer:
         return text[len(prefix_text) :]
 
     def flush(self) -> str:
-        """End of sequence: the text still held back, less an incomplete last character."""
-        prefix_text = self._decode(self._ids[self._prefix : self._read])
-        text = self._decode(self._ids[self._prefix :])
-        return text[len(prefix_text) :].rstrip(_REPLACEMENT)
+        """End of sequence: the text still held back, as decode renders it."""
+        held, self.held = self.held, ""
+        return held
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(

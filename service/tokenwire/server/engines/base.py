@@ -30,6 +30,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+DEFAULT_SAMPLING_TEMPERATURE = 1.0
+"""The temperature of a request that asks for variety (n > 1, a seed) and gives none:
+vLLM's and OpenAI's default."""
+
 FinishReason = Literal["stop", "length", "stop_sequence", "cancelled"]
 """stop: end-of-sequence token; length: max_tokens or context; stop_sequence: a
 stop string or stop token id; cancelled: aborted before it finished."""
@@ -72,7 +76,13 @@ class PromptInput:
 
 @dataclass(frozen=True, slots=True)
 class SamplingOptions:
-    """How to pick tokens; None means the engine's default."""
+    """How to pick tokens; None means the engine's default.
+
+    The default temperature: greedy (0) for a plain request, but 1.0 when the
+    request asks for variety without giving a temperature (``n`` > 1 or a
+    ``seed``), since several greedy answers are one answer n times and a seed
+    means nothing to greedy decoding. ``effective_temperature`` says which.
+    """
 
     temperature: float | None = None
     top_p: float | None = None
@@ -83,6 +93,13 @@ class SamplingOptions:
     frequency_penalty: float | None = None
     seed: int | None = None
     n: int = 1
+
+    @property
+    def effective_temperature(self) -> float:
+        """The temperature to sample at; 0 means greedy."""
+        if self.temperature is not None:
+            return self.temperature
+        return DEFAULT_SAMPLING_TEMPERATURE if self.n > 1 or self.seed is not None else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +145,11 @@ class SequenceDelta:
 
     ``text`` holds whole characters only: bytes of a character split across
     tokens wait until the character is complete. ``finish_reason`` is set on
-    the sequence's last delta only.
+    the sequence's last delta only, and that delta also carries what was held
+    back, as the tokenizer's decode renders it (U+FFFD for a character that
+    never completed). So a sequence's texts add up to the decode of its token
+    ids, cut before a stop string or stop token id (docs/engines.md, "Text").
+    A delta may carry text and no token ids (held text, released).
     """
 
     index: int
