@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -123,9 +124,19 @@ def ids(deltas: Sequence[SequenceDelta]) -> list[int]:
     return [t for d in deltas for t in d.token_ids]
 
 
-def decode(token_ids: Sequence[int]) -> str:
-    tok = SimTokenizer()
-    return b"".join(tok.token_bytes(t) for t in token_ids).decode(errors="replace")
+def decode(token_ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+    """The fake tokenizer's decode: what a sequence's streamed text must add up to."""
+    return SimTokenizer().decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+
+@pytest.fixture(params=[False, True], ids=["text-flushed", "text-held"])
+def holds_tail(
+    request: pytest.FixtureRequest, trtllm: Any, monkeypatch: pytest.MonkeyPatch
+) -> bool:
+    """Both ways TensorRT-LLM may end an output's text: with the bytes of an incomplete
+    last character rendered as U+FFFD, or without them (its default detokenizer)."""
+    monkeypatch.setattr(trtllm._fake, "hold_incomplete_tail", request.param)
+    return bool(request.param)
 
 
 def assert_one_finish_at_the_end(deltas: Sequence[SequenceDelta]) -> None:
@@ -303,9 +314,9 @@ async def test_deltas_add_up_to_the_output_and_never_split_a_character(trtllm, e
         prompt = (PROMPT, "日本語 and café 🚀", "x")[seed % 3]
         deltas = await run(engine, prompt, sampling=SamplingOptions(seed=seed), max_tokens=60)
         out = trtllm._fake.results[-1].outputs[0]
-        assert not any(FFFD in d.text for d in deltas)
+        assert not any(FFFD in d.text for d in deltas[:-1])
         assert ids(deltas) == out.token_ids
-        assert text(deltas) == out.text.rstrip(FFFD) == decode(out.token_ids).rstrip(FFFD)
+        assert text(deltas) == out.text == decode(out.token_ids)
         assert_one_finish_at_the_end(deltas)
         assert deltas[-1].finish_reason in ("stop", "length")
         multibyte += any(ord(c) > 0x7FF for c in text(deltas))
@@ -316,13 +327,36 @@ async def test_deltas_add_up_to_the_output_and_never_split_a_character(trtllm, e
     assert engine.in_flight() == 0
 
 
-async def test_an_output_cut_mid_character_drops_the_partial_character(engine):
+async def test_an_output_cut_mid_character_ends_on_its_rendered_bytes(holds_tail, engine):
     full = ids(await run(engine, sampling=SamplingOptions(seed=4), max_tokens=80, ignore_eos=True))
     cut = next(k for k in range(1, 80) if decode(full[:k]).endswith(FFFD))
     deltas = await run(engine, sampling=SamplingOptions(seed=4), max_tokens=cut, ignore_eos=True)
     assert ids(deltas) == full[:cut]
-    assert text(deltas) == decode(full[:cut]).rstrip(FFFD)
+    assert text(deltas) == decode(full[:cut]) and deltas[-1].text.endswith(FFFD)
     assert deltas[-1].finish_reason == "length"
+
+
+async def test_each_sequence_reads_as_the_decode_of_its_ids(holds_tail, engine):
+    """Many seeds, n = 2, random lengths, both skip_special_tokens values: every
+    sequence's streamed text is the tokenizer's decode of its ids, whichever way
+    TensorRT-LLM leaves its text at the end."""
+    flushed = 0
+    for seed in range(40):
+        rng = random.Random(seed)
+        skip = seed % 2 == 0
+        handle = await submit(
+            engine,
+            rng.choice((PROMPT, "日本語 and café 🚀")),
+            sampling=SamplingOptions(seed=seed, n=2),
+            max_tokens=rng.randint(3, 60),
+            ignore_eos=rng.random() < 0.5,
+            skip_special_tokens=skip,
+        )
+        for deltas in (await drain(handle)).values():
+            assert text(deltas) == decode(ids(deltas), skip_special_tokens=skip)
+            assert not any(d.text.endswith(FFFD) for d in deltas[:-1])
+            flushed += deltas[-1].text.endswith(FFFD)
+    assert flushed  # characters were cut off, and their bytes went out at the end
 
 
 async def test_two_sequences_stream_separately_without_repeats(trtllm, engine):
@@ -332,7 +366,7 @@ async def test_two_sequences_stream_separately_without_repeats(trtllm, engine):
     outputs = trtllm._fake.results[-1].outputs
     for i in (0, 1):
         assert ids(by_index[i]) == outputs[i].token_ids and len(outputs[i].token_ids) == 30
-        assert text(by_index[i]) == outputs[i].text.rstrip(FFFD)
+        assert text(by_index[i]) == decode(outputs[i].token_ids)
         assert_one_finish_at_the_end(by_index[i])
         assert by_index[i][-1].finish_reason == "length"
     assert ids(by_index[0]) != ids(by_index[1])
@@ -341,8 +375,25 @@ async def test_two_sequences_stream_separately_without_repeats(trtllm, engine):
 
 async def test_several_greedy_answers_are_an_invalid_n(engine):
     with pytest.raises(InvalidInput) as error:
-        await submit(engine, sampling=SamplingOptions(n=2))
+        await submit(engine, sampling=SamplingOptions(n=2, temperature=0.0))
     assert error.value.field_path == "sampling.n"
+
+
+@pytest.mark.parametrize(
+    ("sampling", "expected"),
+    [
+        (SamplingOptions(), (None, None, None)),  # a plain request: TensorRT-LLM's greedy
+        (SamplingOptions(n=2), (1.0, 1.0, None)),  # variety asked for: temperature 1
+        (SamplingOptions(seed=3), (1.0, 1.0, None)),
+        (SamplingOptions(n=2, top_k=5), (None, None, 5)),  # sampling named: as given
+        (SamplingOptions(seed=3, temperature=0.5), (0.5, None, None)),
+    ],
+)
+async def test_asking_for_variety_samples_by_default(trtllm, engine, sampling, expected):
+    handle = await submit(engine, sampling=sampling)
+    params = trtllm._fake.results[-1].sampling_params
+    handle.abort()
+    assert (params.temperature, params.top_p, params.top_k) == expected
 
 
 @pytest.mark.parametrize("include", [False, True])
@@ -387,7 +438,7 @@ async def test_a_stop_token_id_ends_the_tokens(engine, include):
     at = full.index(stop_id)
     # The stop token is always among the ids (it was generated); its text only on request.
     assert ids(deltas) == full[: at + 1]
-    assert text(deltas) == decode(full[: at + 1 if include else at]).rstrip(FFFD)
+    assert text(deltas) == decode(full[: at + 1 if include else at])
     assert (deltas[-1].finish_reason, deltas[-1].stop_match) == ("stop_sequence", stop_id)
 
 
@@ -516,6 +567,30 @@ async def test_abort_mid_stream_aborts_the_result_once(trtllm, engine):
     }
 
 
+async def test_an_abort_flushes_what_the_sequence_held(trtllm, holds_tail, engine):
+    for seed in range(64):
+        handle = await submit(
+            engine, "日本語 and café 🚀", sampling=SamplingOptions(seed=seed), max_tokens=400,
+            ignore_eos=True,
+        )  # fmt: skip
+        got: list[SequenceDelta] = []
+        steps = aiter(handle)
+        async with asyncio.timeout(10):
+            while not handle.finished:
+                got += await anext(steps)
+                pending = decode(ids(got))[len(text(got)) :]
+                if pending:
+                    break
+        if handle.finished:
+            continue
+        handle.abort()
+        last = (await drain(handle))[0]
+        assert [(d.finish_reason, d.text) for d in last] == [("cancelled", pending)]
+        assert pending.endswith(FFFD) and text(got + last) == decode(ids(got + last))
+        return
+    pytest.fail("no seed held bytes back mid-stream")
+
+
 async def test_abort_after_the_end_leaves_the_result_alone(trtllm, engine):
     handle = await submit(engine, max_tokens=5)
     await drain(handle)
@@ -574,6 +649,27 @@ async def test_a_request_error_fails_that_request_only(trtllm, engine):
         await drain(handle)
     assert handle.finished and engine.in_flight() == 0 and engine.healthy
     assert (await run(engine, max_tokens=5, ignore_eos=True))[-1].finish_reason == "length"
+
+
+@pytest.mark.parametrize("fatal", [False, True], ids=["request-error", "fatal-error"])
+async def test_a_failing_request_first_sends_what_it_held(
+    trtllm, holds_tail, engine, monkeypatch, fatal
+):
+    mark = trtllm._fake.FATAL_ERROR_MARK if fatal else trtllm._fake.REQUEST_ERROR_MARK
+    prompt = f"日本語 {mark}"
+    monkeypatch.setattr(trtllm._fake, "FAULT_AFTER_TOKENS", 10_000)  # learn the tokens first
+    full = ids(await run(engine, prompt, sampling=SamplingOptions(seed=1), ignore_eos=True))
+    cut = next(k for k in range(1, 40) if decode(full[:k]).endswith(FFFD))
+    monkeypatch.setattr(trtllm._fake, "FAULT_AFTER_TOKENS", cut)
+    handle = await submit(engine, prompt, sampling=SamplingOptions(seed=1), ignore_eos=True)
+    got: list[SequenceDelta] = []
+    with pytest.raises(EngineUnavailable if fatal else RequestFailed):
+        async with asyncio.timeout(10):
+            async for step in handle:
+                got += step
+    assert ids(got) == full[:cut] and all(d.finish_reason is None for d in got)
+    assert text(got) == decode(full[:cut]) and text(got).endswith(FFFD)
+    assert handle.finished and engine.in_flight() == 0
 
 
 async def test_a_fatal_error_makes_the_engine_unavailable(trtllm, engine):
@@ -656,7 +752,7 @@ async def test_server_streams_what_complete_returns(trt_server, trt_stub):
             assert "".join(m.text for m in mine) == choice.text
             assert [t for m in mine for t in m.token_ids] == list(choice.token_ids)
             assert [m.finish_reason for m in mine][-1] == pb.FINISH_REASON_LENGTH
-            assert not any(FFFD in m.text for m in mine)
+            assert not any(FFFD in m.text for m in mine[:-1])
         assert msgs[-1].usage.completion_tokens == 80
         assert [m.HasField("usage") for m in msgs].count(True) == 1
     assert trt_server.engine.in_flight() == 0

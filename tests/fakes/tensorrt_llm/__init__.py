@@ -1,18 +1,20 @@
 """A fake ``tensorrt_llm`` for tests: the LLM API surface tokenwire uses, on no GPU.
 
-It behaves as shared/TRTLLM_API.md describes TensorRT-LLM 1.2 (section numbers
-below refer to it), including the awkward parts an adapter must cope with:
+It behaves as docs/tensorrt_llm.md describes TensorRT-LLM 1.2 (its section
+"What the fake models" lists what is modelled), including the awkward parts an
+adapter must cope with:
 
 - ``LLM(...)`` rejects unknown kwargs, and TensorRT-only ones on the PyTorch
-  backend, with ValueError (§1); ``SamplingParams`` is a keyword-only dataclass
-  with exactly the documented fields (§3).
+  backend, with ValueError ("The LLM"); ``SamplingParams`` is a keyword-only
+  dataclass with exactly the documented fields ("SamplingParams").
 - ``generate_async`` is not a coroutine; its result binds to the running loop
-  and yields itself, mutated, once per engine response (§2).
+  and yields itself, mutated, once per engine response ("Results").
 - ``text`` is the whole output decoded with ``errors="replace"``, so a step that
   ends inside a multi-byte character ends in U+FFFD. Current TensorRT-LLM holds
-  such text back itself (§6); the fake does not, to keep the adapter honest.
+  such text back itself ("Detokenization"); the fake does not, to keep the
+  adapter honest, unless ``_fake.hold_incomplete_tail`` asks it to.
 - ``abort()`` answers a running request with a final 'cancelled' response, and a
-  request still waiting for a batch slot with nothing at all (§2).
+  request still waiting for a batch slot with nothing at all ("Abort").
 
 Test controls live in ``tensorrt_llm._fake``.
 """

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 step_s = 0.0
 """Seconds per engine iteration; 0 = as fast as the event loop allows."""
 
+hold_incomplete_tail = False
+"""Leave a trailing U+FFFD (bytes of a character not yet complete) out of each
+output's ``text``, even at its end, as TensorRT-LLM's default HF ``DecodeStream``
+detokenizer does (docs/tensorrt_llm.md, "Detokenization")."""
+
 logprobs_as_floats = False
 """Return ``logprobs`` as plain floats (the C++ runtime's form) instead of
 ``dict[token_id, Logprob]`` (the LLM API's top-k form)."""

@@ -1,4 +1,6 @@
-"""``SamplingParams``: a keyword-only dataclass with the documented fields (TRTLLM_API.md §3).
+"""``SamplingParams``: a keyword-only dataclass with the documented fields.
+
+docs/tensorrt_llm.md, "SamplingParams", lists them and the greedy rule.
 
 An unknown field is a TypeError, as with any dataclass: the fake cannot be
 handed ``random_seed``, ``stop_words``, ``beam_width`` or the like.
@@ -76,7 +78,7 @@ class SamplingParams:
         self.best_of = self.best_of or self.n
         if self.best_of < self.n:
             raise ValueError(f"best_of ({self.best_of}) cannot be less than n ({self.n})")
-        # The LLM API refuses several greedy answers to one request (§3).
+        # The LLM API refuses several greedy answers to one request (the older rule).
         if self.best_of > 1 and self._greedy and not os.environ.get("TLLM_ALLOW_N_GREEDY_DECODING"):
             raise ValueError(
                 "Greedy decoding in the LLM API does not allow multiple returns. Please set to "

@@ -1,10 +1,16 @@
 """One TensorRT-LLM request behind the seam: deltas out of a mutated result, and abort().
 
 A result yields itself, mutated: each output's ``token_ids``, ``text`` and
-``logprobs`` are cumulative (shared/TRTLLM_API.md §2). Each output index keeps
-what has been sent, and a step sends what is new beyond it; TensorRT-LLM's
+``logprobs`` are cumulative (docs/tensorrt_llm.md, "Results"). Each output index
+keeps what has been sent, and a step sends what is new beyond it; TensorRT-LLM's
 ``*_diff`` helpers would repeat tokens when n > 1. Text goes out only once it
 is settled (``confirmed_end``).
+
+At an output's end (any end: its own, an abort, an error) the text still held
+goes out too, as the tokenizer's decode renders it. TensorRT-LLM's default
+detokenizer never releases the bytes of a last character that did not complete
+(docs/tensorrt_llm.md, "Detokenization"), so the handle decodes the output's
+last few ids to find them, and only then the whole output, once.
 
 ``abort()`` enqueues a cancellation and returns. A running request answers it
 with a final 'cancelled' response; one still waiting for a batch slot may never
@@ -20,9 +26,19 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from . import _trtllm_params as trt
-from .base import EngineUnavailable, GenerationRequest, RequestFailed, SequenceDelta, TokenLogprob
+from .base import (
+    EngineError,
+    EngineUnavailable,
+    GenerationRequest,
+    RequestFailed,
+    SequenceDelta,
+    TokenLogprob,
+)
 
 log = logging.getLogger("tokenwire.server")
+
+# Enough ids to hold a whole UTF-8 character (4 bytes) and what is left of one.
+_TAIL_TOKENS = 4
 
 
 class Owner(Protocol):
@@ -31,6 +47,10 @@ class Owner(Protocol):
     request_error: type[Exception]
 
     def token_strings(self, token_ids: Sequence[int]) -> list[str]: ...
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool) -> str | None:
+        """The tokenizer's decode of ``token_ids``; None without a tokenizer."""
+        ...
 
     def release(self, handle: TensorRTLLMHandle) -> None: ...
 
@@ -63,6 +83,8 @@ class TensorRTLLMHandle:
         self._answered = False  # a response came: the request is running, not queued
         self._ended = False  # the result stopped iterating
         self._abort_signal: asyncio.Future[None] | None = None
+        self._failure: EngineError | None = None  # raised once the held text is out
+        self._leftover: list[SequenceDelta] = []  # that held text
 
     @property
     def finished(self) -> bool:
@@ -81,6 +103,12 @@ class TensorRTLLMHandle:
             if deltas:
                 return deltas
             await self._step()
+        if self._leftover:
+            deltas, self._leftover = self._leftover, []
+            return deltas
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
         raise StopAsyncIteration
 
     def abort(self) -> None:
@@ -104,13 +132,27 @@ class TensorRTLLMHandle:
             else:
                 more = await self._first_response()
         except self._owner.request_error as error:
-            self._close()
-            raise RequestFailed(f"TensorRT-LLM failed the request: {error}") from error
+            self._fail(RequestFailed(f"TensorRT-LLM failed the request: {error}"), error)
+            return
         except Exception as error:  # anything else from the executor is fatal
-            self._close()
             self._owner.fail(error)
-            raise EngineUnavailable(f"TensorRT-LLM failed: {error}") from error
+            self._fail(EngineUnavailable(f"TensorRT-LLM failed: {error}"), error)
+            return
         self._ended = self._ended or not more
+
+    def _fail(self, failure: EngineError, cause: BaseException) -> None:
+        """End every output: what each holds goes out first, then ``failure`` is raised."""
+        failure.__cause__ = cause
+        self._failure = failure
+        outputs = self._result.outputs
+        for index, sent in enumerate(self._sent):
+            out = outputs[index]
+            if not sent.closed:
+                ids = tuple(out.token_ids or ())[sent.tokens :]
+                text = self._whole_text(out, out.text or "")[sent.chars :]
+                if ids or text:
+                    self._leftover.append(SequenceDelta(index, ids, text))
+        self._close()
 
     async def _next_response(self) -> bool:
         try:
@@ -128,7 +170,7 @@ class TensorRTLLMHandle:
             await asyncio.wait((answer, aborted), return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._abort_signal = None
-            answer.cancel()  # a no-op once done; else the queued response is not lost (§2)
+            answer.cancel()  # a no-op once done; else the queued response stays queued
             if answer.done() and not answer.cancelled():
                 answer.exception()  # retrieved, even when this wait was cancelled
         return answer.result() if answer.done() else True
@@ -153,9 +195,13 @@ class TensorRTLLMHandle:
         text: str = out.text or ""
         reason, match = out.finish_reason, out.stop_reason
         final = done or reason in trt.ENDED
+        cut_at_stop = final and isinstance(match, str) and bool(match)
+        if final and not cut_at_stop:
+            text = self._whole_text(out, text)
         end = trt.confirmed_end(text, final, self._stops)
-        if final and isinstance(match, str) and match and not request.include_stop_in_output:
+        if cut_at_stop and not request.include_stop_in_output:
             # Runtime stop-word matches trim token_ids; make sure the text lost the stop too.
+            assert isinstance(match, str)
             end -= len(match) if text.endswith(match, 0, end) else 0
         if final and type(match) is int and (not token_ids or token_ids[-1] != match):
             # TensorRT-LLM trims a matched stop token id; tokenwire's contract keeps it
@@ -190,6 +236,23 @@ class TensorRTLLMHandle:
             finish_reason=finish,
             stop_match=stop_match,
         )
+
+    def _whole_text(self, out: Any, text: str) -> str:
+        """An ended output's text, with the bytes TensorRT-LLM may still hold back.
+
+        Unchanged when it already ends in U+FFFD (TensorRT-LLM flushed them) or
+        the last few ids decode to a whole character (nothing is held); else the
+        decode of all its ids, if that extends the text TensorRT-LLM made.
+        """
+        ids: Sequence[int] = out.token_ids or ()
+        if not ids or text.endswith("\ufffd"):
+            return text
+        skip = self._request.skip_special_tokens
+        tail = self._owner.decode(ids[-_TAIL_TOKENS:], skip)
+        if not tail or not tail.endswith("\ufffd"):
+            return text
+        whole = self._owner.decode(ids, skip)
+        return whole if whole is not None and whole.startswith(text) else text
 
     def _logprobs(
         self, out: Any, sent: _Sent, token_ids: Sequence[int]

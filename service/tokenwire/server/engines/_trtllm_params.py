@@ -2,7 +2,8 @@
 
 Settings to ``LLM(...)`` kwargs, a request to ``SamplingParams`` kwargs, and
 back: finish reasons, logprobs, the text that is safe to send, and the model's
-limits. Facts from shared/TRTLLM_API.md (section numbers below refer to it).
+limits. The TensorRT-LLM behaviour they rely on is in docs/tensorrt_llm.md,
+with the upstream files it was read from.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _NO_LIMIT = 10**9  # HF's model_max_length is a huge sentinel when the model set
 
 
 def llm_kwargs(settings: Settings, kv_cache_config: Callable[..., object]) -> dict[str, object]:
-    """``LLM(**kwargs)`` for the settings that are set: the LLM refuses unknown kwargs (§1)."""
+    """``LLM(**kwargs)`` for the settings that are set: the LLM refuses unknown kwargs."""
     kwargs: dict[str, object] = {"model": settings.model}
     if settings.tokenizer:
         kwargs["tokenizer"] = settings.tokenizer
@@ -48,7 +49,12 @@ def llm_kwargs(settings: Settings, kv_cache_config: Callable[..., object]) -> di
 
 
 def sampling_kwargs(request: GenerationRequest, end_id: int | None) -> dict[str, object]:
-    """``SamplingParams(**kwargs)`` for a request, with the names it really has (§3)."""
+    """``SamplingParams(**kwargs)`` for a request, with the names it really has.
+
+    A request that asks for variety (n > 1 or a seed) and gives no temperature,
+    top_p or top_k samples at temperature 1.0, as on the other engines; left to
+    itself TensorRT-LLM would decode greedily, and refuse n > 1 outright.
+    """
     s = request.sampling
     kwargs: dict[str, object] = {
         "max_tokens": request.max_tokens,  # the default is 32: always set it
@@ -61,6 +67,15 @@ def sampling_kwargs(request: GenerationRequest, end_id: int | None) -> dict[str,
         kwargs["top_k"] = 1
     else:
         optional = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k}
+        if (
+            s.temperature is None
+            and s.top_p is None
+            and s.top_k is None
+            and s.effective_temperature
+        ):
+            # Every TensorRT-LLM version reads a top_p that is neither unset nor 0 as
+            # sampling; 1.0 keeps the whole distribution.
+            optional |= {"temperature": s.effective_temperature, "top_p": 1.0}
         optional["min_p"] = s.min_p
         kwargs.update((k, v) for k, v in optional.items() if v is not None)
     penalties = {
@@ -81,9 +96,9 @@ def sampling_kwargs(request: GenerationRequest, end_id: int | None) -> dict[str,
     if request.ignore_eos:
         kwargs["ignore_eos"] = True
     if request.logprobs:
-        # Top-k logprobs per token; the sampled token is always among them (§2).
+        # Top-k logprobs per token; the sampled token is always among them.
         kwargs["logprobs"] = max(1, request.top_logprobs)
-    if end_id is not None:  # only without a tokenizer: with one, TensorRT-LLM sets it (§1)
+    if end_id is not None:  # only without a tokenizer: with one, TensorRT-LLM sets it
         kwargs["end_id"] = end_id
     return kwargs
 
@@ -113,7 +128,7 @@ def finish_reason(
     'timeout' (the runtime's TIMED_OUT; tokenwire sets no per-request time
     budget) is reported as "length": the output was cut short by a limit. An
     output the request ended without a reason of its own (n > 1: another
-    output's stop string ends the whole request, §2) reads as "length" when it
+    output's stop string ends the whole request) reads as "length" when it
     reached max_tokens and as "cancelled" otherwise.
     """
     if reason == "stop":
@@ -130,14 +145,17 @@ def finish_reason(
 def confirmed_end(text: str, final: bool, stops: Sequence[str]) -> int:
     """How much of an output's cumulative text will not change any more.
 
-    A trailing U+FFFD is a character whose bytes have not all arrived; before
-    the end, so is a tail that could still grow into a stop string, which
-    TensorRT-LLM would cut from ``text`` when it matches (§2).
+    Before the end, a trailing U+FFFD is a character whose bytes have not all
+    arrived, and a tail that could still grow into a stop string may yet be cut
+    from ``text`` by TensorRT-LLM. At the end all of it is settled: a U+FFFD
+    then is how decode renders bytes that never completed.
     """
     end = len(text)
+    if final:
+        return end
     while end and text[end - 1] == "\ufffd":
         end -= 1
-    if final or not stops:
+    if not stops:
         return end
     for size in range(min(end, max(len(s) for s in stops)), 0, -1):
         tail = text[end - size : end]

@@ -5,7 +5,8 @@
     handle = engine.submit(request)                     # on the server's event loop
     async for step in handle: ...                       # deltas per sequence index
 
-What TensorRT-LLM does that shapes this module (shared/TRTLLM_API.md §1-2):
+What TensorRT-LLM does that shapes this module (docs/tensorrt_llm.md has the
+details and the upstream files they come from):
 
 - ``generate_async`` is not a coroutine, and the result it returns binds to the
   loop running at that moment: ``submit`` calls it on the server's loop.
@@ -156,6 +157,12 @@ class TensorRTLLMEngine:
         if self._tokenizer is None:
             return ["" for _ in token_ids]
         return [s or "" for s in self._tokenizer.convert_ids_to_tokens(list(token_ids))]
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool) -> str | None:
+        """The tokenizer's decode of ``token_ids``; None without a tokenizer."""
+        if self._tokenizer is None:
+            return None
+        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens))
 
     def submit(self, request: GenerationRequest) -> TensorRTLLMHandle:
         llm = self._running()

@@ -1,4 +1,4 @@
-"""Prebuilt TensorRT engines: ``from tensorrt_llm._tensorrt_engine import LLM`` (§1)."""
+"""Prebuilt TensorRT engines: ``from tensorrt_llm._tensorrt_engine import LLM``."""
 
 from ..llmapi.llm import _TrtLLM as LLM
 

@@ -135,7 +135,7 @@ class GenerationExecutor:
             running = self._running.pop(request_id, None)
             if running is not None:
                 running.send(Response(finish="cancelled", is_final=True))
-            else:  # still waiting for a slot: dropped without an answer (§2, UNCERTAIN)
+            else:  # still waiting for a slot: dropped without an answer (UNCERTAIN upstream)
                 self._waiting = deque(r for r in self._waiting if r.result.request_id != request_id)
         self._cancelling.clear()
         while self._waiting and len(self._running) < self._max_batch_size:

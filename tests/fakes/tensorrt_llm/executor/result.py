@@ -1,4 +1,7 @@
-"""``GenerationResult`` and ``CompletionOutput`` (executor/result.py; TRTLLM_API.md §2).
+"""``GenerationResult`` and ``CompletionOutput`` (executor/result.py upstream).
+
+docs/tensorrt_llm.md, "Results", "Abort" and "Stop strings and stop token ids",
+say what this mirrors.
 
 The executor puts raw responses on a result's queue; each ``__anext__`` takes
 one and applies it to the result, which it then returns: the same object every
@@ -77,7 +80,7 @@ class GenerationResult:
         self._aborted = False
         best_of = sampling_params.best_of or sampling_params.n
         self._outputs = [CompletionOutput(i) for i in range(best_of)]
-        # The async queue exists only if a loop runs now, and is bound to it (§2).
+        # The async queue exists only if a loop runs now, and is bound to it.
         self.queue: asyncio.Queue[Response] | None = None
         try:
             asyncio.get_running_loop()
@@ -139,7 +142,7 @@ class GenerationResult:
         self._done = response.is_final
         self.cached_tokens = max(self.cached_tokens, response.cached_tokens)
         if response.finish == "cancelled":
-            for out in self._outputs:  # 'cancelled' on all outputs (§2)
+            for out in self._outputs:  # 'cancelled' on all outputs
                 out.finish_reason = "cancelled"
             return
         out = self._outputs[response.index]
@@ -165,10 +168,12 @@ class GenerationResult:
             out.text = self.tokenizer.decode(
                 out.token_ids, skip_special_tokens=params.skip_special_tokens
             )
+            if _fake.hold_incomplete_tail:
+                out.text = out.text.rstrip("\ufffd")
             self._match_stop_strings(out)
 
     def _match_stop_strings(self, out: CompletionOutput) -> None:
-        """Stop strings are matched in Python on the decoded text (§2)."""
+        """Stop strings are matched in Python on the decoded text."""
         stop = self.sampling_params.stop
         if not stop or out.finish_reason is not None:
             return

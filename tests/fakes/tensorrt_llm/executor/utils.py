@@ -1,4 +1,6 @@
-"""Errors raised from a result's iteration (mirrors ``executor/utils.py``, TRTLLM_API.md §2)."""
+"""Errors raised from a result's iteration (mirrors ``executor/utils.py``).
+
+docs/tensorrt_llm.md, "Errors", says which is which."""
 
 from __future__ import annotations
 

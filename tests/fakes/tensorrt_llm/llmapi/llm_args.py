@@ -1,4 +1,6 @@
-"""What ``LLM(**kwargs)`` accepts on each backend, and ``KvCacheConfig`` (TRTLLM_API.md §1).
+"""What ``LLM(**kwargs)`` accepts on each backend, and ``KvCacheConfig``.
+
+docs/tensorrt_llm.md, "The LLM", has the kwargs.
 
 The real lists are the fields of ``TorchLlmArgs`` and ``TrtLlmArgs``; these are
 the documented serving kwargs plus a sample of each backend's own fields.

@@ -37,13 +37,8 @@ class FakeHFTokenizer:
         return self._sim.encode(text, add_special_tokens=add_special_tokens)
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        data = b"".join(
-            self._sim.token_bytes(t)
-            for t in token_ids
-            if not (skip_special_tokens and self._sim.is_special(t))
-        )
-        # As HF does: a character cut off at the end reads as U+FFFD.
-        return data.decode("utf-8", errors="replace")
+        # As HF's byte-level decode does: a character cut off at the end reads as U+FFFD.
+        return self._sim.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
     @overload
     def convert_ids_to_tokens(self, ids: int, skip_special_tokens: bool = False) -> str | None: ...
