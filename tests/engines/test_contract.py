@@ -1,5 +1,5 @@
 """One contract for every engine: the same assertions against simulated, transformers and
-tensorrt-llm (the fake in tests/fakes, which behaves as shared/TRTLLM_API.md says), each
+tensorrt-llm (the fake in tests/fakes, which behaves as docs/tensorrt_llm.md says), each
 served for real by a tokenwire server on a loopback port."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Served:
     server: Server
     stub: pb_grpc.GenerationServiceAsyncStub
     info: pb.ModelInfo
-    token_bytes: Callable[[int], bytes]  # a token's raw bytes (b"" for special tokens)
+    decode: Callable[[list[int], bool], str]  # the tokenizer's decode(ids, skip_special_tokens)
 
     def metric(self, name: str, **labels: str) -> float:
         return sample(self.server.metrics.text().decode(), name, labels)
@@ -59,13 +59,8 @@ async def served(
 ) -> AsyncIterator[Served]:
     kind: str = request.param
     base: dict[str, Any] = {"port": 0, "metrics_port": 0}
-    sim = SimTokenizer()
-
-    def sim_bytes(token: int) -> bytes:
-        return b"" if sim.is_special(token) else sim.token_bytes(token)
-
-    # The simulator's vocabulary, which the fake TensorRT-LLM shares.
-    token_bytes: Callable[[int], bytes] = sim_bytes
+    # The simulator's tokenizer, which the fake TensorRT-LLM shares.
+    decode: Callable[[list[int], bool], str] = SimTokenizer().decode
     if kind == "simulated":
         settings = Settings(sim_ttft_ms=1, sim_itl_ms=2, **base)
     elif kind == "transformers":
@@ -73,10 +68,12 @@ async def served(
         settings = Settings(engine="transformers", model=str(model), **base)
         from transformers import AutoTokenizer
 
-        from .tiny_model import token_bytes as hf_token_bytes
+        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
 
-        table = hf_token_bytes(AutoTokenizer.from_pretrained(model, local_files_only=True))
-        token_bytes = table.__getitem__
+        def decode(ids: list[int], skip: bool) -> str:
+            return str(
+                tokenizer.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+            )
     else:
         _forget_fake()
         monkeypatch.syspath_prepend(str(FAKES))
@@ -89,7 +86,7 @@ async def served(
     stub = pb_grpc.GenerationServiceStub(channel)
     info = await stub.GetModelInfo(pb.GetModelInfoRequest())
     try:
-        yield Served(kind, server, stub, info, token_bytes)
+        yield Served(kind, server, stub, info, decode)
     finally:
         await channel.close()
         await server.stop(grace=0)
@@ -181,15 +178,45 @@ async def test_deltas_never_split_a_character(served: Served) -> None:
         for m in messages:
             m.text.encode("utf-8")  # valid on the wire
             split += bool(m.token_ids) and not m.text
+        # No message but the last ends in U+FFFD: bytes of a character wait for the
+        # rest. (A U+FFFD inside a message is the model's own invalid bytes: random
+        # weights emit some.)
+        assert not any(m.text.endswith("\ufffd") for m in messages[:-1])
+        # Deltas add up to the decode of the whole sequence, a character cut off by
+        # max_tokens included (as decode renders it).
         ids = [t for m in messages for t in m.token_ids]
-        whole = b"".join(served.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
-        streamed = "".join(m.text for m in messages)
-        # Deltas add up to the decode of the whole sequence: any U+FFFD in them is the
-        # model's own invalid bytes (random weights emit some), never one made by a
-        # split. Only the bytes of a character cut off by max_tokens may be missing.
-        assert whole.startswith(streamed), (streamed, whole)
-        assert set(whole[len(streamed) :]) <= {"\ufffd"}
+        assert "".join(m.text for m in messages) == served.decode(ids, True)
     assert split, "no character was split across tokens: the test proves nothing"
+
+
+async def test_the_text_is_the_decode_of_the_ids_at_every_end(served: Served) -> None:
+    """End of sequence, max_tokens, n > 1, special tokens shown or not: each sequence's
+    text, streamed and completed, is the tokenizer's decode of its ids."""
+    for seed in range(6):
+        skip = seed % 2 == 0
+        stopping = pb.StoppingOptions(max_tokens=30 + seed)  # EOS may come first
+        req = gen(seed=seed, n=2, stopping=stopping, prompt="café 日本語 🚀")
+        req.output.skip_special_tokens = skip
+        indexed = by_index(await stream(served, req))
+        done = await served.stub.Complete(req)
+        for choice in done.choices:
+            ids = list(choice.token_ids)
+            assert choice.text == served.decode(ids, skip)
+            assert "".join(m.text for m in indexed[choice.index]) == choice.text
+
+
+async def test_the_text_depends_on_the_prompt_and_the_seed(served: Served) -> None:
+    async def text(prompt: str, seed: int) -> str:
+        req = gen(max_tokens=16, seed=seed, prompt=prompt)
+        streamed = "".join(m.text for m in await stream(served, req))
+        assert (await served.stub.Complete(req)).choices[0].text == streamed
+        return streamed
+
+    prompts = ("the quick brown fox", "hello world", "日本語 🚀")
+    first = [await text(p, 7) for p in prompts]
+    assert len(set(first)) == 3, first  # another prompt, another answer
+    assert [await text(p, 7) for p in prompts] == first  # the same prompt and seed: the same
+    assert await text(prompts[0], 8) != first[0]
 
 
 async def test_cancel_and_deadline_free_the_engine_request(served: Served) -> None:
