@@ -1,4 +1,12 @@
-"""Log set-up: plain lines for people, or one JSON object per line for collectors."""
+"""Log set-up: plain lines for people, or one JSON object per line for collectors.
+
+    logs.configure("info", as_json=True)   # at start-up, once
+    ...
+    logs.close()                           # at exit
+
+With JSON, output that bypasses logging (grpc's C core, native engine code) is
+wrapped into JSON records too: see ``native_logs.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,9 @@ import json
 import logging
 import sys
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
+from . import native_logs
 from .tracing import current_trace_id
 
 # The request a task is serving: grpc.aio runs each call in its own task, so
@@ -50,10 +59,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str, as_json: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.StreamHandler[TextIO]
     if as_json:
+        handler = logging.StreamHandler(native_logs.route(level))
         handler.setFormatter(JsonFormatter())
     else:
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(context)s")
         )
@@ -61,3 +72,10 @@ def configure(level: str, as_json: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def close() -> None:
+    """At exit: flush the logs, and the native output still on its way (JSON only)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    native_logs.restore()
