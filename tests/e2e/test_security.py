@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -13,8 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
-from ..helpers import free_port, start_server_process
+from ..helpers import BIN, free_port, start_server_process
 from .test_cancellation import metric
+from .test_reflection import list_services
 
 SHORT = pb.GenerateRequest(prompt="x", stopping=pb.StoppingOptions(max_tokens=3))
 
@@ -136,7 +139,7 @@ async def test_api_keys(make_server, tmp_path):
         await complete(grpc.aio.insecure_channel(target), metadata=bearer("file-key-1"))
 
 
-async def test_streams_and_reflection_need_the_key_too(make_server):
+async def test_streams_need_the_key_and_reflection_does_not(make_server):
     server = await make_server(api_key="k")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.GenerationServiceStub(channel)
@@ -146,6 +149,9 @@ async def test_streams_and_reflection_need_the_key_too(make_server):
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         got = [m async for m in stub.Generate(SHORT, metadata=bearer("k"))]
         assert got[-1].finish_reason
+    # Reflection tells only the public contract: open, like health (docs/operations.md).
+    for package in ("grpc.reflection.v1alpha", "grpc.reflection.v1"):
+        assert "tokenwire.v1.GenerationService" in await list_services(server.port, package)
 
 
 async def test_health_port_is_plaintext_next_to_a_tls_port(make_server, pki):
@@ -174,3 +180,36 @@ def test_secrets_stay_out_of_logs(tmp_path):
     log = "".join(server.log)
     assert "API keys" in log
     assert "s3cret" not in log
+
+
+SECRET = "tw-7f3a9c-never-print-me"
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--api-key", SECRET, "--tls-cert", "x"], {}),  # pydantic's dump once echoed it
+        (["--api-key", SECRET, "--port", "70000", "--engine", "bogus"], {}),
+        (["--api-kee", SECRET], {}),
+        (["--no-reflection", SECRET], {}),
+        ([], {"TOKENWIRE_API_KEY": SECRET, "TOKENWIRE_MAX_N": "0"}),
+        (["--api-key", SECRET, "--metrics-port", "HELD"], {}),  # a listener failure
+        (["--api-key", SECRET, "--log-json", "--metrics-port", "HELD"], {}),
+    ],
+)
+def test_secrets_stay_out_of_errors(args, env):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        out = subprocess.run(
+            [str(BIN / "tokenwire-server"), "--port", "0"]
+            + [port if a == "HELD" else a for a in args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, **env},
+        )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr  # it did say what is wrong...
+    assert SECRET not in out.stderr + out.stdout  # ...without the secret

@@ -4,6 +4,10 @@ server = Server(Settings(port=0))
 await server.start()          # engine loaded, port bound, health SERVING
 ...                           # server.port is the bound port
 await server.stop()           # NOT_SERVING, drain up to the grace, abort the rest
+
+``serve(settings)`` is what ``tokenwire-server`` runs: every listener is checked
+before anything loads, and SIGTERM or Ctrl-C stops the server gracefully (a second
+one cuts the grace short).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,12 +26,13 @@ from grpc_health.v1.health import aio as health_aio
 
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
-from . import reflection
+from . import listeners, reflection
 from .admission import Admission
 from .calls import SERVICE, Calls
 from .convert import Limits
 from .engines import Engine, create_engine
 from .interceptors import MalformedRequests
+from .listeners import Listener, ListenerError
 from .security import ApiKeys, server_credentials
 from .servicer import GenerationServicer
 from .settings import Settings
@@ -37,9 +43,15 @@ from .watchdog import Watchdog
 log = logging.getLogger("tokenwire.server")
 
 
+# grpc turns SO_REUSEPORT on by default: a second server on a port already taken
+# would then bind it too, and the kernel would split new connections between the
+# two. Off, the second bind fails, as a port clash should.
+_EVERY_SERVER: tuple[tuple[str, int], ...] = (("grpc.so_reuseport", 0),)
+
 # Long prefills keep a stream silent for a while: let clients ping every 10 s
 # without data (the grpc default answers such pings with GOAWAY after 300 s).
 _CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    *_EVERY_SERVER,
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 )
@@ -110,51 +122,81 @@ class Server:
             interceptors=interceptors, options=_channel_options(settings)
         )
         # Kubernetes gRPC probes speak neither TLS nor API keys: health alone,
-        # in plaintext, on a port of its own.
-        self._health_server = grpc.aio.server() if settings.health_port else None
+        # in plaintext, on a port of its own (reflection too, for grpcurl).
+        self._health_server = (
+            grpc.aio.server(options=_EVERY_SERVER) if settings.health_port else None
+        )
         self._monitor: asyncio.Task[None] | None = None
         self.port = 0
         self.health_port = 0
         self.metrics_port = 0
 
     async def start(self) -> None:
+        """Load the engine, then listen; ListenerError if a port cannot be had."""
         s = self.settings
         await self.engine.start()
-        pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        if s.reflection:
-            reflection.enable((SERVICE, HEALTH_SERVICE), self._server)
-        address = f"{_host(s.host)}:{s.port}"
-        if s.tls_cert is not None and s.tls_key is not None:
-            credentials = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
-            self.port = self._server.add_secure_port(address, credentials)
-        else:
-            self.port = self._server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"could not bind {s.host}:{s.port}")
-        await self._server.start()
-        if self._health_server is not None:
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
-            address = f"{_host(s.host)}:{s.health_port}"
-            self.health_port = self._health_server.add_insecure_port(address)
-            await self._health_server.start()
+        try:
+            self._listen()
+            await self._server.start()
+            if self._health_server is not None:
+                await self._health_server.start()
+        except BaseException:
+            await self._abandon()
+            raise
         self.watchdog.start()
         await self._set_health(serving=True)
         self._monitor = asyncio.create_task(self._watch_engine(), name="tokenwire-engine-health")
-        if s.metrics_port:
-            self.metrics_port = self.metrics.serve(s.metrics_host or s.host, s.metrics_port)
         log.info(
-            "tokenwire serving %s (%s engine, %s%s) on %s:%d, metrics on %s",
+            "tokenwire serving %s (%s engine, %s%s) on %s, metrics on %s%s",
             self.engine.description.name,
             self.engine.description.engine,
             "mutual TLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext",
             ", API keys" if s.api_key or s.api_keys_file else "",
-            s.host,
-            self.port,
-            f"{s.metrics_host or s.host}:{self.metrics_port}/metrics"
+            listeners.join(s.host, self.port),
+            f"{listeners.join(s.metrics_host or s.host, self.metrics_port)}/metrics"
             if self.metrics_port
             else "off",
+            f", health on {listeners.join(s.host, self.health_port)}" if self.health_port else "",
         )
+
+    def _listen(self) -> None:
+        """Bind every port before serving any, so that no clash shows up after SERVING.
+
+        Metrics first: a grpc port, once bound, is only let go by a server that ran."""
+        s = self.settings
+        planned = {listener.flag: listener for listener in listeners.planned(s)}
+        metrics = planned.get("--metrics-port")
+        if metrics is not None:
+            try:
+                self.metrics_port = self.metrics.serve(metrics.host, metrics.port)
+            except OSError as error:
+                raise listeners.failure(metrics, error) from None
+        pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if s.reflection:
+            reflection.enable((SERVICE, HEALTH_SERVICE), self._server)
+        main = planned["--port"]
+        if s.tls_cert is not None and s.tls_key is not None:
+            credentials = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
+            self.port = _bind(main, lambda a: self._server.add_secure_port(a, credentials))
+        else:
+            self.port = _bind(main, self._server.add_insecure_port)
+        if self._health_server is not None:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            if s.reflection:
+                reflection.enable((HEALTH_SERVICE,), self._health_server)
+            health = planned["--health-port"]
+            self.health_port = _bind(health, self._health_server.add_insecure_port)
+
+    async def _abandon(self) -> None:
+        """Undo a start that failed half-way: nothing may outlive it (a running grpc
+        server left to the garbage collector dies noisily on a closed event loop)."""
+        await self._server.stop(None)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
+        self.metrics.close()
+        await self.engine.close()
+        self.tracing.close()
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, refuse new calls, let live ones run up to
@@ -171,6 +213,12 @@ class Server:
         await self.engine.close()
         self.metrics.close()
         self.tracing.close()
+
+    async def hurry(self) -> None:
+        """Cut a running ``stop()``'s grace short: abort live calls now (``shutdown``)."""
+        self.calls.grace_ends_at = time.monotonic()
+        # grpc.aio: a second stop() with a smaller grace ends the first one sooner.
+        await self._server.stop(0)
 
     async def _set_health(self, serving: bool) -> None:
         status = (
@@ -198,23 +246,42 @@ class Server:
         await self._server.wait_for_termination()
 
 
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+def _bind(listener: Listener, add_port: Callable[[str], int]) -> int:
+    """Add a grpc port; its failure (grpc says only "Failed to bind") explained."""
+    try:
+        port = add_port(listener.address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        listeners.probe(listener)  # raises with the reason, if it still holds
+        raise ListenerError(f"{listener.flag} {listener.port}: cannot listen on {listener.address}")
+    return port
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    """Run until SIGTERM or SIGINT, then stop gracefully; a second signal hurries it."""
+    # Before the engine is even imported: a port clash should not wait for a model.
+    listeners.check(listeners.planned(settings))
     server = Server(settings)
     await server.start()
     # Everything built so far (modules, engine, grpc, telemetry) lives as long as
     # the process: out of the collector's sight, a full collection no longer walks
     # it, which took the latency scenario's worst stream starts from about 27 ms to 10.
     gc.freeze()
-    stop = asyncio.Event()
+    signals = asyncio.Queue[signal.Signals]()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    await signals.get()
     log.info("shutting down: draining live streams for up to %.1fs", settings.shutdown_grace_s)
-    await server.stop()
+    stopping = asyncio.create_task(server.stop(), name="tokenwire-stop")
+    second = asyncio.create_task(signals.get(), name="tokenwire-second-signal")
+    await asyncio.wait((stopping, second), return_when=asyncio.FIRST_COMPLETED)
+    if second.done():
+        # The person at the terminal (or the operator) will not wait for the grace.
+        log.warning("second %s: aborting live streams now", second.result().name)
+        await server.hurry()
+    else:
+        second.cancel()
+    await stopping
     log.info("stopped")

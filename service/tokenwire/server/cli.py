@@ -1,18 +1,23 @@
-"""``tokenwire-server``: build the settings once, set up logs, run the server."""
+"""``tokenwire-server``: build the settings once, set up logs, run the server.
+
+Exit status: 0 after a clean stop; 2 when the settings cannot work (a bad value,
+a port that cannot be listened on), with one line per problem naming the flag;
+1 when the engine cannot start. No traceback for either.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from pydantic import ValidationError
-from pydantic_settings import CliApp
-
+from . import flags, logs
 from .app import serve
 from .engines.base import EngineError
-from .logs import configure
-from .settings import Settings
+from .settings import BadSettings
+
+log = logging.getLogger("tokenwire.server")
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -25,15 +30,30 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        settings = CliApp.run(Settings, cli_args=list(sys.argv[1:] if argv is None else argv))
-    except ValidationError as error:
-        print(f"tokenwire-server: invalid settings:\n{error}", file=sys.stderr)
+        settings = flags.parse(sys.argv[1:] if argv is None else argv)
+    except BadSettings as error:
+        _fail(error.problems, as_json=False)
         return 2
-    configure(settings.log_level, settings.log_json)
+    except SystemExit as done:  # --help, --version
+        return int(done.code or 0)
+    logs.configure(settings.log_level, settings.log_json)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(settings))
+    except BadSettings as error:
+        _fail(error.problems, settings.log_json)
+        return 2
     except (EngineError, OSError) as error:
-        print(f"tokenwire-server: cannot start: {error}", file=sys.stderr)
+        _fail((f"cannot start: {error}",), settings.log_json)
         return 1
+    finally:
+        logs.close()
     return 0
+
+
+def _fail(problems: Sequence[str], as_json: bool) -> None:
+    for problem in problems:
+        if as_json:
+            log.error(problem)
+        else:
+            print(f"{flags.PROG}: {problem}", file=sys.stderr)

@@ -8,7 +8,7 @@ connection, and we answer from the files' modification times.
 API keys: ``--api-key`` and/or ``--api-keys-file`` (one key per line, ``#`` comments;
 re-read when it changes, so a rotated Kubernetes secret takes effect). Clients send
 ``authorization: Bearer <key>``; comparison is constant-time, against every key.
-Health stays open, because probes cannot send keys. Keys never reach the logs.
+Health and reflection stay open (``OPEN_PREFIXES``). Keys never reach the logs.
 """
 
 from __future__ import annotations
@@ -22,9 +22,15 @@ from typing import Any
 
 import grpc
 
+from .reflection import V1, V1ALPHA
+from .settings import BadSettings, option
+
 log = logging.getLogger("tokenwire.server")
 
-OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+# Open without a key: health, because probes cannot send one; reflection, because
+# it tells only the public contract and lets grpcurl call health with no key (see
+# docs/operations.md, "API keys, health and reflection").
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", f"/{V1ALPHA}/", f"/{V1}/")
 
 
 class _WatchedFiles:
@@ -94,7 +100,7 @@ class ApiKeys(grpc.aio.ServerInterceptor):
         self._on_refusal = on_refusal
         self._reload()
         if not self._keys():
-            raise ValueError("API keys are on, but no key was given")
+            raise BadSettings(f"{option('api_keys_file')}: {keys_file} holds no key")
 
     def _keys(self) -> list[bytes]:
         return self._static + self._from_file

@@ -1,27 +1,42 @@
 """Every server setting, in one typed object: the only reader of flags and environment.
 
-Each field is a flag (``--max-queue``) and an environment variable
-(``TOKENWIRE_MAX_QUEUE``); a flag wins over the environment. Build it once in
-``cli.py`` and pass it down; tests construct ``Settings(...)`` directly.
+Each field is a flag (``--max-queue``, built in ``flags.py``) and an environment
+variable (``TOKENWIRE_MAX_QUEUE``); a flag wins over the environment. Build it once
+in ``cli.py`` and pass it down; tests construct ``Settings(...)`` directly.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EngineKind = Literal["simulated", "transformers", "tensorrt-llm"]
 
+ENV_PREFIX = "TOKENWIRE_"
+# Settings that also read a variable of another project's convention.
+EXTRA_ENV = {"otlp_endpoint": ("OTEL_EXPORTER_OTLP_ENDPOINT",)}
+
+
+class BadSettings(Exception):
+    """Settings that cannot work as given, one problem a line: the CLI prints them
+    and exits 2. The messages name flags and variables, never a secret's value."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def option(name: str) -> str:
+    """How a person sets field ``name``: ``--max-queue (TOKENWIRE_MAX_QUEUE)``."""
+    names = " or ".join((f"{ENV_PREFIX}{name.upper()}", *EXTRA_ENV.get(name, ())))
+    return f"--{name.replace('_', '-')} ({names})"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="TOKENWIRE_",
-        cli_kebab_case=True,
-        cli_prog_name="tokenwire-server",
-        cli_implicit_flags=True,
+        env_prefix=ENV_PREFIX,
         extra="ignore",
     )
 
@@ -58,10 +73,14 @@ class Settings(BaseSettings):
     )
 
     # Listeners.
-    host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="Address to listen on; 0.0.0.0 for every interface."
+    )
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 = off.")
-    metrics_host: str | None = Field(None, description="Address /metrics binds; default: --host.")
+    metrics_host: str | None = Field(
+        None, min_length=1, description="Address /metrics listens on; default: --host."
+    )
     reflection: bool = Field(True, description="Serve gRPC server reflection.")
     health_port: int = Field(
         0, ge=0, le=65535, description="Plaintext port serving only grpc.health.v1; 0 = none."
@@ -71,13 +90,18 @@ class Settings(BaseSettings):
     )
 
     # Security.
-    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS.")
-    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
-    tls_client_ca: Path | None = Field(
+    tls_cert: FilePath | None = Field(None, description="PEM certificate chain: serve TLS.")
+    tls_key: FilePath | None = Field(None, description="PEM private key of --tls-cert.")
+    tls_client_ca: FilePath | None = Field(
         None, description="PEM CA bundle: require client certificates (mutual TLS)."
     )
-    api_key: SecretStr | None = Field(None, description="Bearer token clients must send.")
-    api_keys_file: Path | None = Field(
+    api_key: SecretStr | None = Field(
+        None,
+        min_length=1,
+        description="Bearer token clients must send. Prefer TOKENWIRE_API_KEY or "
+        "--api-keys-file: a flag's value shows in the process list.",
+    )
+    api_keys_file: FilePath | None = Field(
         None, description="File of accepted bearer tokens, one per line; re-read on change."
     )
 
@@ -105,7 +129,10 @@ class Settings(BaseSettings):
 
     # Lifecycle and logs.
     shutdown_grace_s: float = Field(
-        30.0, ge=0, description="On SIGTERM, how long live streams may run on."
+        30.0,
+        ge=0,
+        description="On SIGTERM or Ctrl-C, how long live streams may run on; a second one "
+        "ends them at once.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
@@ -121,10 +148,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        # Messages name the options, never a value: one of them may be a secret.
         if self.default_max_tokens > self.max_tokens_limit:
-            raise ValueError("default_max_tokens must not exceed max_tokens_limit")
+            raise ValueError(
+                f"{option('default_max_tokens')} must not exceed {option('max_tokens_limit')}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together")
+            raise ValueError(f"{option('tls_cert')} and {option('tls_key')} go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+            raise ValueError(f"{option('tls_client_ca')} needs --tls-cert and --tls-key")
         return self
