@@ -109,10 +109,14 @@ tree-check:
 	fi
 	@echo "tree-check: make test left the tree as it found it"
 
+# generation.binpb: the same descriptors with their comments (source info), which
+# the generated Python code drops; server reflection serves it, so that
+# `grpcurl describe` shows the documentation.
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos \
 		--grpc_python_out=protos \
 		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=protos \
+		--include_source_info --descriptor_set_out=$(PROTO_SRC:.proto=.binpb) \
 		$(PROTO_SRC)
 
 # Regenerates the code and fails when it differs from what is committed.
