@@ -58,6 +58,9 @@ _CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 
 
 def _channel_options(settings: Settings) -> tuple[tuple[str, int], ...]:
+    # Sending is left unbounded here: the servicer holds a Complete answer (one
+    # message) to max_message_bytes itself, with a status that says so, and a grpc
+    # cap would fail a large Generate message with an opaque error instead.
     options = (*_CHANNEL_OPTIONS, ("grpc.max_receive_message_length", settings.max_message_bytes))
     if not settings.max_connection_age_s:
         return options
@@ -83,6 +86,7 @@ def limits_from(settings: Settings) -> Limits:
         max_stop_string_length=settings.max_stop_string_length,
         max_top_logprobs=settings.max_top_logprobs,
         max_concurrent_requests=settings.max_concurrent_requests,
+        max_message_bytes=settings.max_message_bytes,
     )
 
 

@@ -18,15 +18,16 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from opentelemetry.trace import Span
 
 from tokenwire.v1 import generation_pb2 as pb
 
-from . import convert, logs
+from . import convert, logs, sizes
 from .admission import Admission
 from .convert import Limits, RequestPlan
 from .engines.base import Engine, EngineUnavailable, GenerationHandle
@@ -91,9 +92,15 @@ class Calls:
         # the shutdown (UNAVAILABLE, abort reason "shutdown"), not by their clients.
         self.grace_ends_at: float | None = None
 
+    def rpc(self, method: str, context: Context) -> AbstractAsyncContextManager[Call, None]:
+        """Trace the call, map errors to a status, send the usage receipt, count the ending.
+
+        Every error ends the call (``context.abort`` raises), so none is swallowed:
+        typed so, a handler needs no return statement after its ``async with``."""
+        return cast(AbstractAsyncContextManager[Call, None], self._rpc(method, context))
+
     @asynccontextmanager
-    async def rpc(self, method: str, context: Context) -> AsyncIterator[Call]:
-        """Trace the call, map errors to a status, send the usage receipt, count the ending."""
+    async def _rpc(self, method: str, context: Context) -> AsyncIterator[Call]:
         code = grpc.StatusCode.OK
         with self._tracing.rpc_span(SERVICE, method, context.invocation_metadata()) as span:
             call = Call(span)
@@ -137,9 +144,12 @@ class Calls:
 
     @asynccontextmanager
     async def generation(
-        self, request: pb.GenerateRequest, context: Context, call: Call
+        self, request: pb.GenerateRequest, context: Context, call: Call, *, whole: bool = False
     ) -> AsyncIterator[Generation]:
-        """Admit and submit the request; on the way out, abort it unless it finished."""
+        """Admit and submit the request; on the way out, abort it unless it finished.
+
+        ``whole``: the answer goes out as one message (Complete), so one that is sure
+        not to fit is refused before it takes a slot."""
         started = time.perf_counter()
         engine = self.engine
         if not engine.healthy:
@@ -161,6 +171,8 @@ class Calls:
                 prompt_ids = tuple(await engine.tokenize(plan.prompt))
             progress.prompt_tokens = len(prompt_ids)
             request_ = plan.generation(prompt_ids, engine.description, self.limits)
+            if whole:
+                sizes.refuse_unfit(request_, self.limits.max_message_bytes)
             operation = "chat" if plan.input_field == "messages" else "text_completion"
             self._tracing.request(call.span, request_, operation)
             progress.queue_s = await self._admission.acquire(context.time_remaining())

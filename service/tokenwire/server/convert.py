@@ -49,6 +49,7 @@ class Limits:
     max_stop_string_length: int
     max_top_logprobs: int
     max_concurrent_requests: int
+    max_message_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ Error tree::
     ├── DuplicateRequestId        ALREADY_EXISTS
     ├── Overloaded                RESOURCE_EXHAUSTED, google.rpc.RetryInfo
     ├── DeadlineTooShort          DEADLINE_EXCEEDED, refused before using the engine
-    └── ReaderStalled             RESOURCE_EXHAUSTED: the client stopped reading
+    ├── ReaderStalled             RESOURCE_EXHAUSTED: the client stopped reading
+    └── AnswerTooLarge            RESOURCE_EXHAUSTED: a Complete answer outgrew one message
     EngineError                   (engines/base.py)
     ├── EngineUnavailable         UNAVAILABLE
     │   └── EngineStalled         (this module) the engine stopped advancing a request
@@ -69,6 +70,12 @@ class DeadlineTooShort(ServiceError):
 
 
 class ReaderStalled(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class AnswerTooLarge(ServiceError):
+    """What grpc itself answers for a message over the limit, but said at once."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 

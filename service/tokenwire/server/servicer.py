@@ -8,7 +8,7 @@ from contextlib import aclosing
 from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
-from . import convert, streaming
+from . import convert, sizes, streaming
 from .calls import Calls, Context
 from .engines.base import GenerationHandle
 
@@ -50,12 +50,14 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     ) -> pb.CompleteResponse:
         async with (
             self.calls.rpc("Complete", context) as call,
-            self.calls.generation(request, context, call) as gen,
+            self.calls.generation(request, context, call, whole=True) as gen,
         ):
             progress, watched = gen.progress, gen.watched
             n = len(progress.counts)
             texts: list[list[str]] = [[] for _ in range(n)]
             choices = [pb.Choice(index=i) for i in range(n)]
+            # Raises as soon as the answer cannot fit: the engine request is aborted.
+            size = sizes.AnswerSize(self.calls.limits.max_message_bytes)
             steps = aiter(gen.handle)
             while True:
                 watched.engine_since = time.monotonic()
@@ -68,8 +70,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     choice = choices[d.index]
                     texts[d.index].append(d.text)
                     choice.token_ids.extend(d.token_ids)
-                    if d.logprobs:
-                        choice.logprobs.extend(convert.logprobs(d.logprobs))
+                    logprobs = convert.logprobs(d.logprobs) if d.logprobs else []
+                    size.add(d, logprobs)
+                    choice.logprobs.extend(logprobs)
                     if d.cumulative_logprob is not None:
                         choice.cumulative_logprob = d.cumulative_logprob
                     if d.finish_reason is not None:
@@ -80,20 +83,20 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             watched.engine_since = None
             for choice, parts in zip(choices, texts, strict=True):
                 choice.text = "".join(parts)
-            return pb.CompleteResponse(
+            answer = pb.CompleteResponse(
                 request_id=gen.plan.request_id,
                 choices=choices,
                 usage=_usage(gen.handle, progress),
                 timing=_timing(progress),
             )
-        raise AssertionError("unreachable: Calls.rpc ends the call on every error")
+            size.check(answer)
+            return answer
 
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: Context
     ) -> pb.ModelInfo:
         async with self.calls.rpc("GetModelInfo", context):
             return convert.model_info(self.calls.engine.description, self.calls.limits)
-        raise AssertionError("unreachable")
 
     async def Tokenize(  # noqa: N802
         self, request: pb.TokenizeRequest, context: Context
@@ -106,7 +109,6 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             engine = self.calls.engine
             ids = await engine.tokenize(prompt, add_special_tokens=add_special)
             return pb.TokenizeResponse(token_ids=ids, tokens=engine.token_strings(ids))
-        raise AssertionError("unreachable")
 
 
 def _usage(handle: GenerationHandle, progress: streaming.Progress) -> pb.Usage:

@@ -116,7 +116,10 @@ class Settings(BaseSettings):
     max_stop_string_length: int = Field(256, ge=1, description="Longest stop string, chars.")
     max_top_logprobs: int = Field(20, ge=0, description="Largest accepted top_logprobs.")
     max_message_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, description="Largest request message accepted, in bytes."
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request message accepted, and largest Complete answer sent "
+        "(one message), in bytes.",
     )
 
     # Stalls.
