@@ -251,3 +251,29 @@ async def test_oversized_requests_are_refused_before_parsing(make_server, stub_f
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert server.engine.in_flight() == 0
     assert (await stub.Complete(gen(stopping=OK_STOP))).choices
+
+
+async def test_model_info_limits_fit_the_models_context(make_server, stub_for):
+    server = await make_server(sim_max_context=512, sim_itl_ms=0)
+    stub = await stub_for(server)
+    limits = (await stub.GetModelInfo(pb.GetModelInfoRequest())).limits
+    # A prompt takes at least one token of the 512, so does the answer.
+    assert (limits.max_tokens, limits.max_prompt_tokens) == (511, 511)
+    assert limits.default_max_tokens == 256  # fits already
+    # What ModelInfo promises holds: the largest max_tokens, after a one-token prompt...
+    stopping = pb.StoppingOptions(max_tokens=limits.max_tokens, ignore_eos=True)
+    one = pb.TokenIds(ids=[5])
+    answer = await stub.Complete(gen(prompt=None, token_ids=one, stopping=stopping))
+    assert answer.usage.completion_tokens == 511
+    # ...and one more is refused.
+    stopping.max_tokens += 1
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Complete(gen(prompt=None, token_ids=one, stopping=stopping))
+    assert info.value.code() == INVALID
+
+
+async def test_model_info_limits_below_the_context_are_left_alone(make_server, stub_for):
+    server = await make_server(max_tokens_limit=100, default_max_tokens=50)
+    limits = (await (await stub_for(server)).GetModelInfo(pb.GetModelInfoRequest())).limits
+    assert (limits.max_tokens, limits.default_max_tokens) == (100, 50)
+    assert limits.max_prompt_tokens == 32767  # the simulator's 32768-token context, less one

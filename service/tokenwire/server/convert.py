@@ -363,6 +363,10 @@ def receipt(
 
 
 def model_info(model: ModelDescription, limits: Limits) -> pb.ModelInfo:
+    """The model and the limits a request can actually reach: a prompt takes at least
+    one token of the context and the answer at least one, so neither may have it all."""
+    room = max(model.max_context_length - 1, 1)
+    max_tokens = min(limits.max_tokens, room)
     return pb.ModelInfo(
         model=model.name,
         engine=model.engine,
@@ -370,9 +374,9 @@ def model_info(model: ModelDescription, limits: Limits) -> pb.ModelInfo:
         vocab_size=model.vocab_size,
         eos_token_id=model.eos_token_id,
         limits=pb.Limits(
-            max_tokens=limits.max_tokens,
-            default_max_tokens=limits.default_max_tokens,
-            max_prompt_tokens=limits.max_prompt_tokens,
+            max_tokens=max_tokens,
+            default_max_tokens=min(limits.default_max_tokens, max_tokens),
+            max_prompt_tokens=min(limits.max_prompt_tokens, room),
             max_n=limits.max_n,
             max_stop_strings=limits.max_stop_strings,
             max_stop_string_length=limits.max_stop_string_length,
