@@ -114,7 +114,8 @@ class _Histograms(Collector):
 
 
 class Metrics:
-    """The server's instruments (names in shared/CONTRACT.md)."""
+    """The server's instruments. Their names and labels are a public contract:
+    dashboards and alerts rely on them (docs/operations.md, "Metrics")."""
 
     def __init__(
         self,
