@@ -24,6 +24,7 @@ from tokenwire.client import (
     ModelNotFound,
     Overloaded,
     RequestIdInUse,
+    ResourceExhausted,
     Unavailable,
 )
 
@@ -293,6 +294,20 @@ def test_full_queue_raises_overloaded_with_retry_delay() -> None:
                 client.complete("second", max_tokens=2)
         assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert caught.value.retry_after is not None and caught.value.retry_after > 0
+    finally:
+        server.stop()
+
+
+def test_an_answer_over_the_message_limit_is_resource_exhausted_not_overloaded() -> None:
+    # No retry hint: the same call would fail again, so it must not read as "retry later".
+    server = start_server_process(["--max-message-bytes", "65536", "--sim-itl-ms", "0"])
+    try:
+        with Client(server.target, timeout=30) as client:
+            with pytest.raises(ResourceExhausted) as caught:
+                client.complete(
+                    "hi", max_tokens=8000, ignore_eos=True, stop=["never said"], top_logprobs=5
+                )
+            assert not isinstance(caught.value, Overloaded)
     finally:
         server.stop()
 

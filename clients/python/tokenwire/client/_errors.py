@@ -6,7 +6,10 @@ The tree, with the gRPC status codes that map to each class::
     ├── InvalidRequest             INVALID_ARGUMENT, OUT_OF_RANGE; .field_violations
     ├── ModelNotFound              NOT_FOUND: `model` is not the served model
     ├── RequestIdInUse             ALREADY_EXISTS: a live request has this request_id
-    ├── Overloaded                 RESOURCE_EXHAUSTED: queue full; .retry_after (seconds)
+    ├── ResourceExhausted          RESOURCE_EXHAUSTED without a retry hint: a request or
+    │   │                          answer over the message limit, a reader that stalled
+    │   └── Overloaded             RESOURCE_EXHAUSTED with a retry hint: queue full;
+    │                              .retry_after (seconds)
     ├── AuthenticationError        UNAUTHENTICATED, PERMISSION_DENIED
     ├── Unavailable                UNAVAILABLE: not ready, draining, or unreachable
     ├── DeadlineExceeded           DEADLINE_EXCEEDED: the call's timeout passed
@@ -75,8 +78,12 @@ class RequestIdInUse(TokenwireError):
     """Another live request already uses this request_id."""
 
 
-class Overloaded(TokenwireError):
-    """The server is at capacity; try again after `retry_after` seconds when set."""
+class ResourceExhausted(TokenwireError):
+    """A limit was hit that retrying the same call will hit again (no retry hint)."""
+
+
+class Overloaded(ResourceExhausted):
+    """The server is at capacity; try again after `retry_after` seconds."""
 
     def __init__(
         self, code: grpc.StatusCode, details: str, retry_after: float | None = None
@@ -129,10 +136,9 @@ def from_rpc_error(error: grpc.RpcError) -> TokenwireError:
         return InvalidRequest(code, details, violations)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         retry_infos = _details(error, error_details_pb2.RetryInfo)
-        retry_after = (
-            retry_infos[0].retry_delay.ToTimedelta().total_seconds() if retry_infos else None
-        )
-        return Overloaded(code, details, retry_after)
+        if not retry_infos:
+            return ResourceExhausted(code, details)
+        return Overloaded(code, details, retry_infos[0].retry_delay.ToTimedelta().total_seconds())
     return _CLASS_BY_CODE.get(code, ServerError)(code, details)
 
 
