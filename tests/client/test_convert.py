@@ -17,6 +17,7 @@ from tokenwire.client import (
     ModelNotFound,
     Overloaded,
     RequestIdInUse,
+    ResourceExhausted,
     ServerError,
     TokenwireError,
     Unavailable,
@@ -101,7 +102,8 @@ def test_retry_info_detail_becomes_retry_after() -> None:
     error = from_rpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, retry))
     assert isinstance(error, Overloaded) and error.retry_after == 1.5
     bare = from_rpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED))
-    assert isinstance(bare, Overloaded) and bare.retry_after is None
+    # No hint: a limit the same call would hit again, not a full queue.
+    assert isinstance(bare, ResourceExhausted) and not isinstance(bare, Overloaded)
 
 
 @pytest.mark.parametrize(
