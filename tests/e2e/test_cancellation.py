@@ -44,7 +44,7 @@ async def test_many_concurrent_cancels_free_every_engine_request(make_server, st
     assert metric(server, "tokenwire_engine_requests_in_flight") == 0
     await async_wait_for(lambda: metric(server, "tokenwire_streams_active") == 0)
     assert metric(server, "tokenwire_requests_total", method="Generate", code="CANCELLED") == 100
-    assert not server.calls.live
+    assert not server.core.live
 
 
 @pytest.mark.parametrize("method", ["Generate", "Complete"])
@@ -157,7 +157,7 @@ async def test_a_thousand_concurrent_cancels(make_server, stub_for):
         lambda: metric(server, "tokenwire_aborts_total", reason="cancelled") == 1000, within=10
     )
     await async_wait_for(lambda: metric(server, "tokenwire_streams_active") == 0, within=10)
-    assert server.admission.busy == 0 and not server.calls.live
+    assert server.admission.busy == 0 and not server.core.live
     one = pb.GenerateRequest(prompt="x", stopping=pb.StoppingOptions(max_tokens=1))
     assert (await stub.Complete(one)).choices
 
@@ -187,7 +187,7 @@ async def test_shutdown_counts_cut_streams_as_unavailable_and_client_cancels_as_
     await cut.read()
     await left.read()
     stopping = asyncio.create_task(server.stop(grace=0.5))
-    await async_wait_for(lambda: server.calls.grace_ends_at is not None)
+    await async_wait_for(lambda: server.core.grace_ends_at is not None)
     left.cancel()  # its client leaves during the grace: a plain cancel
     await async_wait_for(lambda: metric(server, "tokenwire_aborts_total", reason="cancelled") == 1)
     await asyncio.wait_for(stopping, 10)  # the other one is cut when the grace runs out

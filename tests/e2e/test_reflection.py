@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as pb
 
-from tokenwire.server import reflection
+from tokenwire.server.rpc import reflection
 
 
 async def list_services(port: int, package: str) -> list[str]:

@@ -179,7 +179,7 @@ async def test_bad_requests_get_a_status_naming_the_field(small_server, stub_for
 
     # Nothing leaked and the server still serves.
     assert small_server.engine.in_flight() == 0
-    assert not small_server.calls.live
+    assert not small_server.core.live
     assert metric(small_server, "tokenwire_streams_active") == 0
     assert (
         metric(small_server, "tokenwire_requests_total", method=method, code="INVALID_ARGUMENT")

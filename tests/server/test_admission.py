@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from tokenwire.server.admission import Admission
-from tokenwire.server.errors import DeadlineTooShort, Overloaded
+from tokenwire.server.core.admission import Admission
+from tokenwire.server.core.errors import DeadlineTooShort, Overloaded
 
 from ..helpers import async_wait_for
 

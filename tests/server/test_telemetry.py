@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.helpers import parse_metrics, sample
-from tokenwire.server.telemetry import ABORT_REASONS, Metrics
+from tokenwire.server.core.telemetry import ABORT_REASONS, Metrics
 
 MODEL = {"gen_ai_request_model": "m", "gen_ai_system": "simulated"}
 

@@ -1,4 +1,29 @@
-"""The grpc.aio server: GenerationService, health, reflection, metrics, graceful stop.
+"""The process: one engine, one request core, two front doors, on one event loop.
+
+The server's modules (arrows point down only: a door imports ``core/``, never the
+other door; ``core/`` imports ``engines/base.py`` and nothing above it)::
+
+    cli.py, flags.py, settings.py     flags and environment -> Settings; exit codes
+    listeners.py                      every port checked before anything loads
+    logs.py, native_logs.py           text or JSON logs, native (C-core) lines too
+    app.py                            this module: build, listen, drain, stop
+    core/                             transport-neutral: neither grpc nor HTTP
+      requests.py                     GenerateRequest -> engine request, validated once
+      lifecycle.py                    admit, submit, abort once with its reason
+      progress.py                     counts, finishes, timing: the account of a request
+      coalescing.py                   engine steps -> flushes (streaming_step, delay)
+      errors.py                       the domain's errors; one table answers them per door
+      admission.py, watchdog.py       slots and queue; stalled readers and engines
+      sizes.py, auth.py               whole-answer size bound; API keys
+      telemetry.py, tracing.py        Prometheus metrics; OpenTelemetry spans
+    rpc/                              door 1, gRPC: protobuf in, protobuf out
+      servicer.py                     the RPCs, a few lines each on core.lifecycle
+      convert.py, status.py           engine types -> messages; errors -> status + details
+      interceptors.py, security.py    malformed bodies; TLS and API keys
+      reflection.py                   reflection with the proto's doc comments
+    engines/                          the engine seam (base.py) and the engines
+
+The gRPC server here: GenerationService, health, reflection, metrics, graceful stop.
 
 server = Server(Settings(port=0))
 await server.start()          # engine loaded, port bound, health SERVING
@@ -26,19 +51,21 @@ from grpc_health.v1.health import aio as health_aio
 
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
-from . import listeners, reflection
-from .admission import Admission
-from .calls import SERVICE, Calls
-from .convert import Limits
+from . import listeners
+from .core.admission import Admission
+from .core.auth import ApiKeys
+from .core.lifecycle import SERVICE, Core
+from .core.requests import Limits
+from .core.telemetry import Metrics
+from .core.tracing import Tracing
+from .core.watchdog import Watchdog
 from .engines import Engine, create_engine
-from .interceptors import MalformedRequests
 from .listeners import Listener, ListenerError
-from .security import ApiKeys, server_credentials
-from .servicer import GenerationServicer
+from .rpc import reflection
+from .rpc.interceptors import MalformedRequests
+from .rpc.security import RequireKeys, server_credentials
+from .rpc.servicer import GenerationServicer
 from .settings import Settings
-from .telemetry import Metrics
-from .tracing import Tracing
-from .watchdog import Watchdog
 
 log = logging.getLogger("tokenwire.server")
 
@@ -106,7 +133,7 @@ class Server:
         )
         self.watchdog = Watchdog(settings.stall_timeout_s, settings.engine_stall_timeout_s)
         self.tracing = Tracing(model.name, model.engine, settings.otlp_endpoint)
-        self.calls = Calls(
+        self.core = Core(
             self.engine,
             self.metrics,
             limits_from(settings),
@@ -114,14 +141,17 @@ class Server:
             self.watchdog,
             self.tracing,
         )
-        self.servicer = GenerationServicer(self.calls)
+        self.servicer = GenerationServicer(self.core)
         self.health = health_aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = []
+        self.keys: ApiKeys | None = None
         if settings.api_key is not None or settings.api_keys_file is not None:
             key = settings.api_key.get_secret_value() if settings.api_key else None
-            refused = lambda method: self.metrics.request_done(method, "UNAUTHENTICATED")  # noqa: E731
-            interceptors.append(ApiKeys(key, settings.api_keys_file, refused))
-        interceptors.append(MalformedRequests())
+            self.keys = ApiKeys(key, settings.api_keys_file)
+            unauthenticated = lambda method: self.metrics.request_done(method, "UNAUTHENTICATED")  # noqa: E731
+            interceptors.append(RequireKeys(self.keys, unauthenticated))
+        malformed = lambda method: self.metrics.request_done(method, "INVALID_ARGUMENT")  # noqa: E731
+        interceptors.append(MalformedRequests(malformed))
         self._server = grpc.aio.server(
             interceptors=interceptors, options=_channel_options(settings)
         )
@@ -206,7 +236,7 @@ class Server:
         """Drain: NOT_SERVING at once, refuse new calls, let live ones run up to
         ``grace`` seconds (default: settings), abort the rest, close the engine."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        self.calls.grace_ends_at = time.monotonic() + grace
+        self.core.grace_ends_at = time.monotonic() + grace
         if self._monitor is not None:
             self._monitor.cancel()
         await self.health.enter_graceful_shutdown()
@@ -220,7 +250,7 @@ class Server:
 
     async def hurry(self) -> None:
         """Cut a running ``stop()``'s grace short: abort live calls now (``shutdown``)."""
-        self.calls.grace_ends_at = time.monotonic()
+        self.core.grace_ends_at = time.monotonic()
         # grpc.aio: a second stop() with a smaller grace ends the first one sooner.
         await self._server.stop(0)
 

@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from typing import Any, TextIO
 
 from . import native_logs
-from .tracing import current_trace_id
+from .core.tracing import current_trace_id
 
 # The request a task is serving: grpc.aio runs each call in its own task, so
 # setting it once per call tags every line logged on that call's behalf.

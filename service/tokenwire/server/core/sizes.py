@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from tokenwire.v1 import generation_pb2 as pb
 
-from .engines.base import GenerationRequest, SequenceDelta
+from ..engines.base import GenerationRequest, SequenceDelta
 from .errors import AnswerTooLarge, InvalidArgument
 
 _ADVICE = (

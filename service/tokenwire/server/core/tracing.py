@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .engines.base import GenerationRequest
+from ..engines.base import GenerationRequest
 
 log = logging.getLogger("tokenwire.server")
 
@@ -47,8 +47,14 @@ class Tracing:
 
     @contextmanager
     def rpc_span(
-        self, service: str, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+        self,
+        service: str,
+        method: str,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        door: str = "grpc",
     ) -> Iterator[Span]:
+        """A server span continuing the caller's ``traceparent``: for the gRPC door
+        ``service/method`` with rpc.* attributes, for HTTP ``POST route`` with http.*."""
         carrier = {k: v for k, v in metadata or () if isinstance(v, str)}
         parent = _PROPAGATOR.extract(carrier)
         if not self._exporting:
@@ -58,17 +64,19 @@ class Tracing:
             with trace.use_span(caller, end_on_exit=False):
                 yield caller
             return
+        name = f"{service}/{method}" if door == "grpc" else f"POST {method}"
+        attributes: dict[str, str] = (
+            {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+            if door == "grpc"
+            else {"http.request.method": "POST", "http.route": method}
+        )
+        attributes["gen_ai.request.model"] = self._model
+        attributes["gen_ai.provider.name"] = self._engine
         with self._tracer.start_as_current_span(
-            f"{service}/{method}",
+            name,
             context=parent,
             kind=SpanKind.SERVER,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": service,
-                "rpc.method": method,
-                "gen_ai.request.model": self._model,
-                "gen_ai.provider.name": self._engine,
-            },
+            attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
         ) as span:

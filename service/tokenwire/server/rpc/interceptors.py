@@ -1,8 +1,9 @@
 """Server interceptors: cross-cutting checks applied to every method of every service.
 
 ``MalformedRequests``: a request body that does not parse as the method's message
-type is answered INVALID_ARGUMENT at once. Left to grpc, it becomes UNKNOWN with a
-traceback in the log for every such request (an easy way to flood logs).
+type is answered INVALID_ARGUMENT at once, and counted like any other refusal. Left
+to grpc, it becomes UNKNOWN with a traceback in the log for every such request (an
+easy way to flood logs).
 """
 
 from __future__ import annotations
@@ -37,19 +38,26 @@ def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
     return parse
 
 
-async def _refuse(context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+Refused = Callable[[str], None]
+"""Told the method name (``Generate``) of each call refused: the metrics count it."""
+
+
+async def _refuse(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, refused: Refused
+) -> None:
+    refused(method.rsplit("/", 1)[-1])
     await context.abort(
         grpc.StatusCode.INVALID_ARGUMENT, f"request body is not a valid message for {method}"
     )
 
 
-def _guard(behaviour: Any, method: str) -> Any:
+def _guard(behaviour: Any, method: str, refused: Refused) -> Any:
     """Wrap a handler so that a malformed request is refused before it runs."""
     if inspect.isasyncgenfunction(behaviour):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if isinstance(request, _Malformed):
-                await _refuse(context, method)
+                await _refuse(context, method, refused)
             async for response in behaviour(request, context):
                 yield response
 
@@ -57,14 +65,15 @@ def _guard(behaviour: Any, method: str) -> Any:
 
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Malformed):
-            await _refuse(context, method)
+            await _refuse(context, method, refused)
         return await behaviour(request, context)
 
     return call
 
 
 class MalformedRequests(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
+    def __init__(self, refused: Refused) -> None:
+        self._refused = refused
         # Each method's guarded handler, built once: (the handler it wraps, the guard).
         self._guarded: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
 
@@ -82,21 +91,21 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
         cached = self._guarded.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        guarded = _guarded(handler, method)
+        guarded = _guarded(handler, method, self._refused)
         self._guarded[method] = (handler, guarded)
         return guarded
 
 
 def _guarded(
-    handler: grpc.RpcMethodHandler[Any, Any], method: str
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, refused: Refused
 ) -> grpc.RpcMethodHandler[Any, Any]:
     deserializer = _lenient(handler.request_deserializer)
     # On a grpc.aio server the behaviours are coroutine functions (or async
     # generator functions), which grpc's stubs type as plain callables.
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _guard(handler.unary_unary, method), deserializer, handler.response_serializer
+            _guard(handler.unary_unary, method, refused), deserializer, handler.response_serializer
         )
     return grpc.unary_stream_rpc_method_handler(
-        _guard(handler.unary_stream, method), deserializer, handler.response_serializer
+        _guard(handler.unary_stream, method, refused), deserializer, handler.response_serializer
     )

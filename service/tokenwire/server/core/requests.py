@@ -1,12 +1,15 @@
-"""Protocol messages <-> engine types, in one place, validating every field on the way in.
+"""A ``GenerateRequest`` -> the engine request, validating every field once, for both doors.
 
-A field that is malformed or out of range raises ``InvalidArgument`` with the
-field's path as a client sees it (``stopping.max_tokens``,
-``messages.messages[2].role``), so the status carries it in a BadRequest detail.
+``GenerateRequest`` (protobuf, no grpc) is the one request shape: the gRPC door
+receives it, the HTTP door maps OpenAI's JSON onto it. A field that is malformed
+or out of range raises ``InvalidArgument`` with the field's path
+(``stopping.max_tokens``, ``messages.messages[2].role``); each door names it as
+its client sent it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from collections.abc import Sequence
@@ -17,15 +20,12 @@ from google.protobuf.message import Message
 
 from tokenwire.v1 import generation_pb2 as pb
 
-from .engines.base import (
+from ..engines.base import (
     ChatMessage,
-    FinishReason,
     GenerationRequest,
     ModelDescription,
     PromptInput,
     SamplingOptions,
-    SequenceDelta,
-    TokenLogprob,
 )
 from .errors import InvalidArgument, ModelNotFound
 
@@ -69,7 +69,7 @@ class RequestPlan:
     prompt: PromptInput | None  # text or chat to tokenize, or None for token ids
     token_ids: tuple[int, ...]
     max_tokens: int | None
-    template: GenerationRequest  # everything but the prompt and max_tokens
+    template: GenerationRequest  # all but the prompt, max_tokens and stream_step, as validated
     stream: StreamPlan
 
     def generation(
@@ -98,20 +98,11 @@ class RequestPlan:
                 f"{len(prompt_ids)} prompt tokens + max_tokens {max_tokens} exceed the "
                 f"model's context of {model.max_context_length}",
             )
-        t = self.template
-        return GenerationRequest(
-            request_id=self.request_id,
+        # The template holds every other field already validated: nothing to copy by hand.
+        return dataclasses.replace(
+            self.template,
             prompt_token_ids=tuple(prompt_ids),
             max_tokens=max_tokens,
-            sampling=t.sampling,
-            min_tokens=t.min_tokens,
-            stop=t.stop,
-            stop_token_ids=t.stop_token_ids,
-            ignore_eos=t.ignore_eos,
-            include_stop_in_output=t.include_stop_in_output,
-            logprobs=t.logprobs,
-            top_logprobs=t.top_logprobs,
-            skip_special_tokens=t.skip_special_tokens,
             # Grouping that may wait for tokens (no zero delay bound) may take them in bulk.
             stream_step=self.stream.step if self.stream.max_delay_s != 0 else 1,
         )
@@ -261,126 +252,3 @@ def _float(
         bracket = "(" if low_open else "["
         raise InvalidArgument(f"{path}.{name}", f"must be in {bracket}{low}, {high}]")
     return value
-
-
-# --- engine -> protocol -----------------------------------------------------------
-
-FINISH_REASONS: dict[FinishReason | None, pb.FinishReason] = {
-    None: pb.FINISH_REASON_UNSPECIFIED,
-    "stop": pb.FINISH_REASON_STOP,
-    "length": pb.FINISH_REASON_LENGTH,
-    "stop_sequence": pb.FINISH_REASON_STOP_SEQUENCE,
-    "cancelled": pb.FINISH_REASON_CANCELLED,
-}
-
-
-def stop_match(match: str | int | None) -> pb.StopMatch | None:
-    if match is None:
-        return None
-    if isinstance(match, str):
-        return pb.StopMatch(stop_text=match)
-    return pb.StopMatch(stop_token_id=match)
-
-
-def logprobs(items: Sequence[TokenLogprob]) -> list[pb.TokenLogprob]:
-    return [
-        pb.TokenLogprob(
-            token_id=lp.token_id,
-            token=lp.token,
-            logprob=lp.logprob,
-            top=[
-                pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in lp.top
-            ],
-        )
-        for lp in items
-    ]
-
-
-def response(
-    request_id: str,
-    index: int,
-    deltas: Sequence[SequenceDelta],
-    completion_tokens: int,
-) -> pb.GenerateResponse:
-    """One stream message from one or more consecutive deltas of one sequence."""
-    last = deltas[-1]
-    if len(deltas) == 1:
-        text, ids, lps = last.text, last.token_ids, last.logprobs
-    else:
-        text = "".join(d.text for d in deltas)
-        ids = tuple(t for d in deltas for t in d.token_ids)
-        lps = tuple(lp for d in deltas for lp in d.logprobs)
-    msg = pb.GenerateResponse(
-        request_id=request_id,
-        index=index,
-        text=text,
-        token_ids=ids,
-        completion_tokens=completion_tokens,
-        finish_reason=FINISH_REASONS[last.finish_reason],
-    )
-    if lps:
-        msg.logprobs.extend(logprobs(lps))
-    if last.cumulative_logprob is not None:
-        msg.cumulative_logprob = last.cumulative_logprob
-    match = stop_match(last.stop_match)
-    if match is not None:
-        msg.stop_match.CopyFrom(match)
-    return msg
-
-
-def usage(prompt_tokens: int, completion_tokens: int, cached: int) -> pb.Usage:
-    return pb.Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-        cached_prompt_tokens=cached,
-    )
-
-
-def timing(queue_s: float, ttft_s: float | None, total_s: float) -> pb.Timing:
-    return pb.Timing(
-        queue_ms=queue_s * 1000.0,
-        time_to_first_token_ms=(ttft_s or 0.0) * 1000.0,
-        total_ms=total_s * 1000.0,
-    )
-
-
-def receipt(
-    prompt_tokens: int,
-    completion_tokens: int,
-    finishes: Sequence[str | None],
-    abort_reason: str | None,
-) -> tuple[tuple[str, str], ...]:
-    """Trailing metadata on every ending of a generation, so that gateways can bill
-    and debug a call (an aborted one too) without reading its messages."""
-    finish = "aborted" if abort_reason else ",".join(f or "none" for f in finishes)
-    md = (
-        ("tokenwire-prompt-tokens", str(prompt_tokens)),
-        ("tokenwire-completion-tokens", str(completion_tokens)),
-        ("tokenwire-finish", finish),
-    )
-    return (*md, ("tokenwire-abort-reason", abort_reason)) if abort_reason else md
-
-
-def model_info(model: ModelDescription, limits: Limits) -> pb.ModelInfo:
-    """The model and the limits a request can actually reach: a prompt takes at least
-    one token of the context and the answer at least one, so neither may have it all."""
-    room = max(model.max_context_length - 1, 1)
-    max_tokens = min(limits.max_tokens, room)
-    return pb.ModelInfo(
-        model=model.name,
-        engine=model.engine,
-        max_context_length=model.max_context_length,
-        vocab_size=model.vocab_size,
-        eos_token_id=model.eos_token_id,
-        limits=pb.Limits(
-            max_tokens=max_tokens,
-            default_max_tokens=min(limits.default_max_tokens, max_tokens),
-            max_prompt_tokens=min(limits.max_prompt_tokens, room),
-            max_n=limits.max_n,
-            max_stop_strings=limits.max_stop_strings,
-            max_stop_string_length=limits.max_stop_string_length,
-            max_top_logprobs=limits.max_top_logprobs,
-            max_concurrent_requests=limits.max_concurrent_requests,
-        ),
-    )

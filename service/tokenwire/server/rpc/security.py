@@ -1,29 +1,25 @@
-"""Transport security and API keys.
+"""gRPC transport security, and the API-key check on every call (keys: core/auth.py).
 
 TLS: ``--tls-cert``/``--tls-key``, and with ``--tls-client-ca`` mutual TLS (clients
 must present a certificate signed by that CA). The files are read again when they
 change, without a restart: grpc asks for the current certificates at each new
 connection, and we answer from the files' modification times.
 
-API keys: ``--api-key`` and/or ``--api-keys-file`` (one key per line, ``#`` comments;
-re-read when it changes, so a rotated Kubernetes secret takes effect). Clients send
-``authorization: Bearer <key>``; comparison is constant-time, against every key.
-Health and reflection stay open (``OPEN_PREFIXES``). Keys never reach the logs.
+API keys: ``RequireKeys`` refuses every call without a valid key, except health
+and reflection (``OPEN_PREFIXES``).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from ..core.auth import ApiKeys, WatchedFiles
 from .reflection import V1, V1ALPHA
-from .settings import BadSettings, option
 
 log = logging.getLogger("tokenwire.server")
 
@@ -33,28 +29,9 @@ log = logging.getLogger("tokenwire.server")
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", f"/{V1ALPHA}/", f"/{V1}/")
 
 
-class _WatchedFiles:
-    """Re-reads a set of files when any of their modification times changes."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self._paths = tuple(paths)
-        self._stamp: tuple[float, ...] | None = None
-
-    def changed(self) -> bool:
-        try:
-            stamp = tuple(os.stat(p).st_mtime_ns for p in self._paths)
-        except OSError as error:
-            log.warning("cannot read %s: keeping what was loaded", error.filename)
-            return False
-        if stamp == self._stamp:
-            return False
-        self._stamp = stamp
-        return True
-
-
 def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:
     """TLS credentials that follow the files on disk (mutual TLS with a client CA)."""
-    files = _WatchedFiles([p for p in (cert, key, client_ca) if p is not None])
+    files = WatchedFiles([p for p in (cert, key, client_ca) if p is not None])
 
     def load() -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration(
@@ -84,49 +61,12 @@ def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.Se
     )
 
 
-class ApiKeys(grpc.aio.ServerInterceptor):
-    """Refuses calls without a valid bearer key with UNAUTHENTICATED (health excepted)."""
+class RequireKeys(grpc.aio.ServerInterceptor):
+    """Refuses calls without a valid key with UNAUTHENTICATED (``OPEN_PREFIXES`` excepted)."""
 
-    def __init__(
-        self,
-        key: str | None,
-        keys_file: Path | None,
-        on_refusal: Callable[[str], None] = lambda method: None,
-    ) -> None:
-        self._static = [key.encode()] if key else []
-        self._file = keys_file
-        self._files = _WatchedFiles([keys_file]) if keys_file else None
-        self._from_file: list[bytes] = []
+    def __init__(self, keys: ApiKeys, on_refusal: Callable[[str], None]) -> None:
+        self._keys = keys
         self._on_refusal = on_refusal
-        self._reload()
-        if not self._keys():
-            raise BadSettings(f"{option('api_keys_file')}: {keys_file} holds no key")
-
-    def _keys(self) -> list[bytes]:
-        return self._static + self._from_file
-
-    def _reload(self) -> None:
-        if self._files is None or self._file is None or not self._files.changed():
-            return
-        lines = self._file.read_text().splitlines()
-        keys = (line.strip() for line in lines)
-        self._from_file = [key.encode() for key in keys if key and not key.startswith("#")]
-        log.info("API keys loaded: %d from %s", len(self._from_file), self._file)
-
-    def authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
-        self._reload()
-        offered = b""
-        for name, value in metadata or ():
-            if name == "authorization":
-                text = value.decode() if isinstance(value, bytes) else value
-                scheme, _, token = text.partition(" ")
-                if scheme.lower() == "bearer":
-                    offered = token.strip().encode()
-        # Compare with every key, whatever matches, so timing tells nothing.
-        ok = False
-        for key in self._keys():
-            ok |= hmac.compare_digest(offered, key)
-        return ok and bool(offered)
 
     async def intercept_service(
         self,
@@ -139,7 +79,7 @@ class ApiKeys(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        if self.authorized(handler_call_details.invocation_metadata):
+        if self._keys.authorized(handler_call_details.invocation_metadata):
             return handler
         self._on_refusal(method.rsplit("/", 1)[-1])
         return _refusing(handler)

@@ -1,0 +1,237 @@
+"""The life of a request, whichever door it came in by: admit, submit, abort once.
+
+    with core.call("Generate", headers, time_remaining) as call:     # span
+        async with core.generation(request, call) as gen:           # admission, submit, abort
+            async for flush in coalescing.flushes(gen.handle, ...):  # the door sends each
+                ...
+
+Every way a call can end goes through ``generation``'s exit: a request the
+engine has not finished is aborted there, at once, and counted with its reason.
+Both doors turn a client that leaves into ``CancelledError`` in the handler
+(grpc.aio for a cancel, a dropped connection or an expired deadline; the HTTP
+door when the connection closes), and so does the watchdog after marking a
+stalled stream. ``ending()`` decides why, once, with one clock reading: the
+abort's reason and the status the door answers with both come from that one
+decision, so they cannot disagree near the deadline's edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+from opentelemetry.trace import Span
+
+from tokenwire.v1 import generation_pb2 as pb
+
+from .. import logs
+from ..engines.base import Engine, EngineUnavailable, GenerationHandle
+from . import errors, sizes
+from .admission import Admission
+from .progress import Progress
+from .requests import Limits, RequestPlan, plan_request
+from .telemetry import AbortReason, Metrics
+from .tracing import Tracing
+from .watchdog import Watchdog, Watched
+
+log = logging.getLogger("tokenwire.server")
+
+DEADLINE_SLACK_S = 0.05
+"""A call cancelled within this of its deadline (or of the shutdown grace's end)
+was cut by the deadline (or the shutdown), not by its client."""
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+"""The generation service's full name, for health, reflection and spans."""
+
+TimeRemaining = Callable[[], float | None]
+
+_ABORT_REASONS: tuple[tuple[type[BaseException], AbortReason], ...] = (
+    (errors.ReaderStalled, "stalled"),
+    (errors.DeadlineExpired, "deadline"),
+    (errors.ShuttingDown, "shutdown"),
+    (errors.ClientCancelled, "cancelled"),
+)
+
+
+class Call:
+    """One call's bookkeeping, filled in as it goes."""
+
+    __slots__ = ("cause", "progress", "span", "time_remaining", "watched")
+
+    def __init__(self, span: Span, time_remaining: TimeRemaining) -> None:
+        self.span = span
+        self.time_remaining = time_remaining  # seconds to the client's deadline, or None
+        self.progress: Progress | None = None
+        self.watched: Watched | None = None
+        self.cause: Exception | None = None  # why it was cancelled, decided once
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    plan: RequestPlan
+    handle: GenerationHandle
+    progress: Progress
+    watched: Watched
+
+
+def no_deadline() -> float | None:
+    return None
+
+
+class Core:
+    """Everything a request needs, shared by both doors: engine, limits, admission,
+    the watchdog, metrics and tracing."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        limits: Limits,
+        admission: Admission,
+        watchdog: Watchdog,
+        tracing: Tracing,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.limits = limits
+        self.tracing = tracing
+        self._admission = admission
+        self._watchdog = watchdog
+        self.live: set[str] = set()  # request ids of live generations
+        # Set when a shutdown begins: new generations are refused from then on,
+        # and calls cancelled after the grace ends were cut by the shutdown.
+        self.grace_ends_at: float | None = None
+
+    @contextmanager
+    def call(
+        self,
+        method: str,
+        headers: Iterable[tuple[str, str | bytes]] | None,
+        time_remaining: TimeRemaining = no_deadline,
+        door: str = "grpc",
+    ) -> Iterator[Call]:
+        """A call's span (continuing a ``traceparent`` in ``headers``)."""
+        with self.tracing.rpc_span(SERVICE, method, headers, door) as span:
+            yield Call(span, time_remaining)
+
+    def ending(self, call: Call, error: BaseException) -> Exception:
+        """The error a call ends with: a raised one as it is, a cancel as its cause."""
+        if not isinstance(error, asyncio.CancelledError):
+            return error if isinstance(error, Exception) else errors.ServiceError(str(error))
+        if call.cause is None:
+            call.cause = self._cause(call)
+        return call.cause
+
+    def _cause(self, call: Call) -> Exception:
+        stall = None if call.watched is None else call.watched.stall
+        if stall == "reader":
+            return errors.ReaderStalled("stream aborted: the client stopped reading")
+        if stall == "engine":
+            return errors.EngineStalled("the engine stopped producing tokens for this request")
+        remaining = call.time_remaining()
+        if remaining is not None and remaining <= DEADLINE_SLACK_S:
+            return errors.DeadlineExpired("the client's deadline passed")
+        ends = self.grace_ends_at
+        if ends is not None and time.monotonic() >= ends - DEADLINE_SLACK_S:
+            return errors.ShuttingDown("the server is shutting down: the stream was cut")
+        return errors.ClientCancelled("cancelled by the client")
+
+    def trace_end(self, call: Call, outcome: str) -> None:
+        p = call.progress
+        if p is None:
+            self.tracing.ended(call.span, outcome, None, (), None, None)
+            return
+        first = None if p.first_token_at is None else time.perf_counter() - p.first_token_at
+        self.tracing.ended(
+            call.span, outcome, p.completion_tokens, p.finishes, p.abort_reason, first
+        )
+
+    @asynccontextmanager
+    async def generation(
+        self, request: pb.GenerateRequest, call: Call, *, whole_limit: int | None = None
+    ) -> AsyncIterator[Generation]:
+        """Admit and submit the request; on the way out, abort it unless it finished.
+
+        ``whole_limit``: the answer goes out as one message of at most this many
+        bytes, so one that is sure not to fit is refused before it takes a slot."""
+        started = time.perf_counter()
+        engine = self.engine
+        if self.grace_ends_at is not None:
+            raise errors.ShuttingDown("the server is shutting down: no new requests")
+        if not engine.healthy:
+            raise EngineUnavailable("the engine cannot serve: see the server's log")
+        plan = plan_request(request, engine.description, self.limits)
+        if plan.request_id in self.live:
+            raise errors.DuplicateRequestId(
+                f"request_id {plan.request_id!r} is already in progress"
+            )
+        self.live.add(plan.request_id)
+        logs.request_id.set(plan.request_id)  # this call's task only
+        self.metrics.streams_active += 1
+        progress = call.progress = Progress(started, plan.template.sampling.n)
+        watched = call.watched = self._watchdog.watch(plan.request_id)
+        handle: GenerationHandle | None = None
+        admitted_at: float | None = None
+        error: BaseException | None = None
+        try:
+            prompt_ids = plan.token_ids
+            if plan.prompt is not None:
+                prompt_ids = tuple(await engine.tokenize(plan.prompt))
+            progress.prompt_tokens = len(prompt_ids)
+            request_ = plan.generation(prompt_ids, engine.description, self.limits)
+            if whole_limit is not None:
+                sizes.refuse_unfit(request_, whole_limit)
+            operation = "chat" if plan.input_field == "messages" else "text_completion"
+            self.tracing.request(call.span, request_, operation)
+            progress.queue_s = await self._admission.acquire(call.time_remaining())
+            admitted_at = time.perf_counter()
+            handle = engine.submit(request_)
+            yield Generation(plan, handle, progress, watched)
+        except BaseException as caught:
+            error = caught
+            raise
+        finally:
+            # First, before any bookkeeping: free the engine slot at once.
+            if handle is not None and not handle.finished:
+                self._abort(handle, call, error)
+            self._watchdog.forget(watched)
+            self.live.discard(plan.request_id)
+            self.metrics.streams_active -= 1
+            if admitted_at is not None:
+                self._admission.release()
+                first = progress.first_token_at
+                self._admission.observe(
+                    time.perf_counter() - admitted_at,
+                    None if first is None else first - admitted_at,
+                )
+            if handle is not None:
+                self.metrics.generation_done(
+                    progress.prompt_tokens,
+                    progress.completion_tokens,
+                    max(progress.counts),
+                    progress.ttft_s,
+                    time.perf_counter() - started,
+                )
+
+    def _abort(self, handle: GenerationHandle, call: Call, error: BaseException | None) -> None:
+        """Abort an unfinished engine request and count it with its reason."""
+        # Latency from when the server learnt of it: the cancel reaching this task,
+        # or, for a deadline, the moment it passed.
+        learned = time.perf_counter()
+        remaining = call.time_remaining()
+        if remaining is not None and remaining < 0:
+            learned += remaining
+        handle.abort()
+        # No error: the consumer stopped early on its own, which is a bug somewhere.
+        reason: AbortReason = "error"
+        if error is not None:
+            cause = self.ending(call, error)
+            reason = next((r for kind, r in _ABORT_REASONS if isinstance(cause, kind)), "error")
+        assert call.progress is not None
+        call.progress.abort_reason = reason
+        self.metrics.aborted(reason, time.perf_counter() - learned)
+        log.info("aborted the engine request: %s", reason)

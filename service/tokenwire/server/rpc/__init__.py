@@ -1,0 +1,1 @@
+"""Door 1, gRPC: protobuf in and out; status codes, details and trailers."""

@@ -1,0 +1,162 @@
+"""Engine types -> protocol messages: stream messages, whole answers, usage, receipts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from tokenwire.v1 import generation_pb2 as pb
+
+from ..core.progress import Progress
+from ..core.requests import Limits
+from ..engines.base import FinishReason, ModelDescription, SequenceDelta, TokenLogprob
+
+FINISH_REASONS: dict[FinishReason | None, pb.FinishReason] = {
+    None: pb.FINISH_REASON_UNSPECIFIED,
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "stop_sequence": pb.FINISH_REASON_STOP_SEQUENCE,
+    "cancelled": pb.FINISH_REASON_CANCELLED,
+}
+
+
+def stop_match(match: str | int | None) -> pb.StopMatch | None:
+    if match is None:
+        return None
+    if isinstance(match, str):
+        return pb.StopMatch(stop_text=match)
+    return pb.StopMatch(stop_token_id=match)
+
+
+def logprobs(items: Sequence[TokenLogprob]) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(
+            token_id=lp.token_id,
+            token=lp.token,
+            logprob=lp.logprob,
+            top=[
+                pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in lp.top
+            ],
+        )
+        for lp in items
+    ]
+
+
+def response(
+    request_id: str,
+    index: int,
+    deltas: Sequence[SequenceDelta],
+    completion_tokens: int,
+) -> pb.GenerateResponse:
+    """One stream message from one or more consecutive deltas of one sequence."""
+    last = deltas[-1]
+    if len(deltas) == 1:
+        text, ids, lps = last.text, last.token_ids, last.logprobs
+    else:
+        text = "".join(d.text for d in deltas)
+        ids = tuple(t for d in deltas for t in d.token_ids)
+        lps = tuple(lp for d in deltas for lp in d.logprobs)
+    msg = pb.GenerateResponse(
+        request_id=request_id,
+        index=index,
+        text=text,
+        token_ids=ids,
+        completion_tokens=completion_tokens,
+        finish_reason=FINISH_REASONS[last.finish_reason],
+    )
+    if lps:
+        msg.logprobs.extend(logprobs(lps))
+    if last.cumulative_logprob is not None:
+        msg.cumulative_logprob = last.cumulative_logprob
+    match = stop_match(last.stop_match)
+    if match is not None:
+        msg.stop_match.CopyFrom(match)
+    return msg
+
+
+def usage(progress: Progress, cached: int) -> pb.Usage:
+    return pb.Usage(
+        prompt_tokens=progress.prompt_tokens,
+        completion_tokens=progress.completion_tokens,
+        total_tokens=progress.prompt_tokens + progress.completion_tokens,
+        cached_prompt_tokens=cached,
+    )
+
+
+def timing(progress: Progress) -> pb.Timing:
+    ttft = progress.ttft_s
+    return pb.Timing(
+        queue_ms=progress.queue_s * 1000.0,
+        time_to_first_token_ms=(ttft or 0.0) * 1000.0,
+        total_ms=(time.perf_counter() - progress.started) * 1000.0,
+    )
+
+
+def receipt(progress: Progress | None) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata on every ending of a generation, so that gateways can bill
+    and debug a call (an aborted one too) without reading its messages."""
+    if progress is None:
+        return ()
+    abort_reason = progress.abort_reason
+    finish = "aborted" if abort_reason else ",".join(f or "none" for f in progress.finishes)
+    md = (
+        ("tokenwire-prompt-tokens", str(progress.prompt_tokens)),
+        ("tokenwire-completion-tokens", str(progress.completion_tokens)),
+        ("tokenwire-finish", finish),
+    )
+    return (*md, ("tokenwire-abort-reason", abort_reason)) if abort_reason else md
+
+
+class Choices:
+    """A Complete answer's choices, built from the same deltas a stream carries."""
+
+    __slots__ = ("_choices", "_texts")
+
+    def __init__(self, n: int) -> None:
+        self._choices = [pb.Choice(index=i) for i in range(n)]
+        self._texts: list[list[str]] = [[] for _ in range(n)]
+
+    def add(self, d: SequenceDelta) -> list[pb.TokenLogprob]:
+        """Add one delta; returns its logprobs as added (for the size check)."""
+        choice = self._choices[d.index]
+        self._texts[d.index].append(d.text)
+        choice.token_ids.extend(d.token_ids)
+        lps = logprobs(d.logprobs) if d.logprobs else []
+        choice.logprobs.extend(lps)
+        if d.cumulative_logprob is not None:
+            choice.cumulative_logprob = d.cumulative_logprob
+        if d.finish_reason is not None:
+            choice.finish_reason = FINISH_REASONS[d.finish_reason]
+            match = stop_match(d.stop_match)
+            if match is not None:
+                choice.stop_match.CopyFrom(match)
+        return lps
+
+    def done(self) -> list[pb.Choice]:
+        for choice, parts in zip(self._choices, self._texts, strict=True):
+            choice.text = "".join(parts)
+        return self._choices
+
+
+def model_info(model: ModelDescription, limits: Limits) -> pb.ModelInfo:
+    """The model and the limits a request can actually reach: a prompt takes at least
+    one token of the context and the answer at least one, so neither may have it all."""
+    room = max(model.max_context_length - 1, 1)
+    max_tokens = min(limits.max_tokens, room)
+    return pb.ModelInfo(
+        model=model.name,
+        engine=model.engine,
+        max_context_length=model.max_context_length,
+        vocab_size=model.vocab_size,
+        eos_token_id=model.eos_token_id,
+        limits=pb.Limits(
+            max_tokens=max_tokens,
+            default_max_tokens=min(limits.default_max_tokens, max_tokens),
+            max_prompt_tokens=min(limits.max_prompt_tokens, room),
+            max_n=limits.max_n,
+            max_stop_strings=limits.max_stop_strings,
+            max_stop_string_length=limits.max_stop_string_length,
+            max_top_logprobs=limits.max_top_logprobs,
+            max_concurrent_requests=limits.max_concurrent_requests,
+        ),
+    )

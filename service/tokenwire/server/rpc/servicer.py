@@ -1,0 +1,142 @@
+"""GenerationService: the four RPCs, a few lines each on top of ``core.lifecycle``.
+
+This door's own part is the gRPC ending of a call: the status code and its
+details (``status.py``), the usage receipt in trailing metadata, and
+``tokenwire_requests_total{method,code}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from typing import cast
+
+import grpc
+
+from tokenwire.v1 import generation_pb2 as pb
+from tokenwire.v1 import generation_pb2_grpc as pb_grpc
+
+from ..core import coalescing, errors, requests, sizes
+from ..core.lifecycle import Call, Core
+from . import convert
+from .status import code_of, to_status
+
+log = logging.getLogger("tokenwire.server")
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class GenerationServicer(pb_grpc.GenerationServiceServicer):
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def rpc(self, method: str, context: Context) -> AbstractAsyncContextManager[Call, None]:
+        """Trace the call, map errors to a status, send the usage receipt, count the ending.
+
+        Every error ends the call (``context.abort`` raises), so none is swallowed:
+        typed so, a handler needs no return statement after its ``async with``."""
+        return cast(AbstractAsyncContextManager[Call, None], self._rpc(method, context))
+
+    @asynccontextmanager
+    async def _rpc(self, method: str, context: Context) -> AsyncIterator[Call]:
+        core = self.core
+        code = grpc.StatusCode.OK
+        with core.call(method, context.invocation_metadata(), context.time_remaining) as call:
+            try:
+                try:
+                    yield call
+                except asyncio.CancelledError as cancel:
+                    cause = core.ending(call, cancel)
+                    if not isinstance(cause, errors.ReaderStalled | errors.EngineStalled):
+                        code = code_of(cause)
+                        context.set_trailing_metadata(convert.receipt(call.progress))
+                        raise
+                    # Our own watchdog cancelled the call: end it with a status instead.
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                    raise cause from None
+                context.set_trailing_metadata(convert.receipt(call.progress))
+            except Exception as error:
+                status = to_status(error)
+                code = status.code
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method)
+                elif code is not grpc.StatusCode.INVALID_ARGUMENT:
+                    log.info("%s ended with %s: %s", method, code.name, status.message)
+                metadata = status.trailing_metadata + convert.receipt(call.progress)
+                await context.abort(status.code, status.message, metadata)
+            finally:
+                core.metrics.request_done(method, code.name)
+                core.trace_end(call, code.name)
+
+    # The write() form, not an async generator: a cancel lands in this coroutine's
+    # own await, so the abort in ``Core.generation`` runs at that moment, rather
+    # than whenever grpc gets round to closing a suspended generator. The
+    # generated stubs only know the generator form.
+    async def Generate(  # type: ignore[override]  # noqa: N802 - gRPC method name
+        self, request: pb.GenerateRequest, context: Context
+    ) -> None:
+        async with (
+            self.rpc("Generate", context) as call,
+            self.core.generation(request, call) as gen,
+        ):
+            handle, progress, watched = gen.handle, gen.progress, gen.watched
+            request_id = gen.plan.request_id
+            flushes = coalescing.flushes(handle, gen.plan.stream, progress, watched)
+            async with aclosing(flushes):  # closed at once, also on a cancel
+                async for f in flushes:
+                    msg = convert.response(request_id, f.index, f.deltas, f.completion_tokens)
+                    if f.last:
+                        msg.usage.CopyFrom(convert.usage(progress, handle.cached_prompt_tokens))
+                        msg.timing.CopyFrom(convert.timing(progress))
+                    # While a write waits, flow control is holding us back: the
+                    # watchdog gives up on a reader that stays stuck.
+                    watched.write_since = time.monotonic()
+                    await context.write(msg)
+                    watched.write_since = None
+
+    async def Complete(  # noqa: N802
+        self, request: pb.GenerateRequest, context: Context
+    ) -> pb.CompleteResponse:
+        limit = self.core.limits.max_message_bytes
+        async with (
+            self.rpc("Complete", context) as call,
+            self.core.generation(request, call, whole_limit=limit) as gen,
+        ):
+            progress = gen.progress
+            choices = convert.Choices(len(progress.counts))
+            # Raises as soon as the answer cannot fit: the engine request is aborted.
+            size = sizes.AnswerSize(limit)
+            async for step in coalescing.steps(gen.handle, progress, gen.watched):
+                for d in step:
+                    size.add(d, choices.add(d))
+            answer = pb.CompleteResponse(
+                request_id=gen.plan.request_id,
+                choices=choices.done(),
+                usage=convert.usage(progress, gen.handle.cached_prompt_tokens),
+                timing=convert.timing(progress),
+            )
+            size.check(answer)
+            return answer
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: pb.GetModelInfoRequest, context: Context
+    ) -> pb.ModelInfo:
+        async with self.rpc("GetModelInfo", context):
+            return convert.model_info(self.core.engine.description, self.core.limits)
+
+    async def Tokenize(  # noqa: N802
+        self, request: pb.TokenizeRequest, context: Context
+    ) -> pb.TokenizeResponse:
+        async with self.rpc("Tokenize", context):
+            prompt = requests.tokenize_input(request)
+            add_special = (
+                request.add_special_tokens if request.HasField("add_special_tokens") else True
+            )
+            engine = self.core.engine
+            ids = await engine.tokenize(prompt, add_special_tokens=add_special)
+            return pb.TokenizeResponse(token_ids=ids, tokens=engine.token_strings(ids))
