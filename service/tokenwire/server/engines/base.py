@@ -16,7 +16,7 @@ with a handle; iterating the handle yields what each engine step produced; and
 Nothing here (or anywhere under ``engines/``) imports grpc or protobuf: the
 servicer converts these types to the protocol in ``convert.py``.
 
-Error tree (mapped to gRPC status codes in ``server/errors.py``)::
+Error tree (answered per door by the table in ``server/core/errors.py``)::
 
     EngineError
     ├── EngineUnavailable    the engine cannot take requests (not ready, dead)
