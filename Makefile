@@ -134,9 +134,26 @@ typecheck: $(STAMP)
 buf-lint: $(NODE_STAMP)
 	npx --no-install buf lint
 
-# The Node.js client is installed first, so its end-to-end test runs here.
-pytest: $(STAMP) $(CLIENT_NODE_STAMP)
+# The Node.js client is installed first, so its end-to-end test runs here; and
+# the real programs the HTTP tests drive: curl, and Debian's chromium for the
+# playground page (Playwright cannot download a browser here).
+pytest: $(STAMP) $(CLIENT_NODE_STAMP) system-tools
 	$(BIN)/pytest
+
+SYSTEM_TOOLS := chromium curl
+.PHONY: system-tools
+system-tools:
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing $$missing (Debian packages)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else \
+			echo "system-tools: $$missing missing, and no root apt-get to install them:" \
+				"the tests that need them are skipped"; \
+		fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) $(HELM_VENV) $(TOOLS_VENV) .venv-latest .venv-lowest node_modules clients/node/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -107,6 +107,7 @@ def _command(kind: ServerKind, flags: Sequence[str], metrics_port: int) -> list[
             str(BIN / "tokenwire-server"),
             "--port=0",
             f"--metrics-port={metrics_port}",
+            "--http-port=0",
             "--shutdown-grace-s=1",
             *flags,
         ]

@@ -56,7 +56,13 @@ async def make_server() -> AsyncIterator[ServerFactory]:
     servers: list[Server] = []
 
     async def start(**settings: Any) -> Server:
-        values: dict[str, Any] = {"port": 0, "metrics_port": 0, "sim_ttft_ms": 1, "sim_itl_ms": 1}
+        values: dict[str, Any] = {
+            "port": 0,
+            "metrics_port": 0,
+            "http_port": 0,
+            "sim_ttft_ms": 1,
+            "sim_itl_ms": 1,
+        }
         values.update(settings)
         server = Server(Settings(**values))
         await server.start()

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 BIN = Path(sys.executable).parent
 _BOUND = re.compile(r"on (\S+):(\d+), metrics")
+_HTTP = re.compile(r"HTTP on (\S+):(\d+)")
 
 
 def free_port() -> int:
@@ -83,10 +84,15 @@ class ServerProcess:
     port: int
     metrics_port: int
     log: list[str]
+    http_port: int = 0  # 0: the HTTP door is off
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -119,9 +125,14 @@ class ServerProcess:
 def start_server_process(
     args: Sequence[str] = (), env: Mapping[str, str] | None = None
 ) -> ServerProcess:
-    """Start ``tokenwire-server --port 0`` and wait (bounded) for the port it logs."""
+    """Start ``tokenwire-server --port 0 --http-port 0`` and wait (bounded) for the ports
+    it logs."""
     metrics_port = free_port()
-    cmd = [str(BIN / "tokenwire-server"), "--port", "0", "--metrics-port", str(metrics_port), *args]
+    cmd = [
+        str(BIN / "tokenwire-server"),
+        *("--port", "0", "--metrics-port", str(metrics_port), "--http-port", "0"),
+        *args,
+    ]
     process = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -131,6 +142,7 @@ def start_server_process(
     )
     assert process.stdout is not None
     log: list[str] = []
+    port = 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         line = process.stdout.readline()
@@ -138,8 +150,13 @@ def start_server_process(
             break
         log.append(line)
         match = _BOUND.search(line)
-        if match:
+        if match and "--no-http" in args:
             return ServerProcess(process, int(match.group(2)), metrics_port, log)
+        if match:
+            port = int(match.group(2))
+        http = _HTTP.search(line)
+        if http:  # logged right after the gRPC line
+            return ServerProcess(process, port, metrics_port, log, int(http.group(2)))
     process.kill()
     process.wait(10)
     process.stdout.close()

@@ -179,7 +179,7 @@ async def test_abort_latency_is_measured(make_server, stub_for):
 async def test_shutdown_counts_cut_streams_as_unavailable_and_client_cancels_as_cancelled():
     from tokenwire.server.settings import Settings
 
-    server = Server(Settings(port=0, metrics_port=0, sim_ttft_ms=1, sim_itl_ms=10))
+    server = Server(Settings(port=0, metrics_port=0, http_port=0, sim_ttft_ms=1, sim_itl_ms=10))
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     stub = pb_grpc.GenerationServiceStub(channel)

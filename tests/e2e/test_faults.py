@@ -36,7 +36,9 @@ async def assert_healthy(server: Server, stub) -> None:
 @pytest.fixture
 async def faulty_server(request):
     fault, settings = request.param
-    server = Server(Settings(port=0, metrics_port=0, **settings), engine=FaultyEngine(fault))
+    server = Server(
+        Settings(port=0, metrics_port=0, http_port=0, **settings), engine=FaultyEngine(fault)
+    )
     await server.start()
     yield server
     await server.stop(grace=0)

@@ -30,7 +30,9 @@ async def test_a_port_taken_after_the_check_fails_the_start_cleanly():
         other.bind(("127.0.0.1", 0))
         other.listen()
         taken = int(other.getsockname()[1])
-        server = Server(Settings(port=0, metrics_port=taken, sim_ttft_ms=1, sim_itl_ms=1))
+        server = Server(
+            Settings(port=0, metrics_port=taken, http_port=0, sim_ttft_ms=1, sim_itl_ms=1)
+        )
         with pytest.raises(ListenerError) as info:
             await server.start()
     assert str(info.value) == (

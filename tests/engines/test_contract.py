@@ -58,7 +58,7 @@ async def served(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Served]:
     kind: str = request.param
-    base: dict[str, Any] = {"port": 0, "metrics_port": 0}
+    base: dict[str, Any] = {"port": 0, "metrics_port": 0, "http_port": 0}
     # The simulator's tokenizer, which the fake TensorRT-LLM shares.
     decode: Callable[[list[int], bool], str] = SimTokenizer().decode
     if kind == "simulated":

@@ -64,6 +64,7 @@ def settings(**values: Any) -> Settings:
         "model": "fake-model",
         "port": 0,
         "metrics_port": 0,
+        "http_port": 0,
         **values,
     }
     return Settings(**values)

@@ -543,7 +543,7 @@ async def test_close_aborts_live_requests_and_stops_the_worker(model_dir: Path):
 
 @pytest.fixture
 async def hf_server(model_dir: Path) -> AsyncIterator[Server]:
-    server = Server(settings(model_dir, port=0, metrics_port=0))
+    server = Server(settings(model_dir, port=0, metrics_port=0, http_port=0))
     await server.start()
     yield server
     await server.stop(grace=0)

@@ -15,15 +15,22 @@ other door; ``core/`` imports ``engines/base.py`` and nothing above it)::
       errors.py                       the domain's errors; one table answers them per door
       admission.py, watchdog.py       slots and queue; stalled readers and engines
       sizes.py, auth.py               whole-answer size bound; API keys
+      messages.py                     engine types -> the contract's messages
       telemetry.py, tracing.py        Prometheus metrics; OpenTelemetry spans
     rpc/                              door 1, gRPC: protobuf in, protobuf out
       servicer.py                     the RPCs, a few lines each on core.lifecycle
-      convert.py, status.py           engine types -> messages; errors -> status + details
+      status.py                       errors -> status codes, details, trailers
       interceptors.py, security.py    malformed bodies; TLS and API keys
       reflection.py                   reflection with the proto's doc comments
+    web/                              door 2, HTTP: OpenAI JSON, NDJSON, the playground
+      app.py                          routes, keys, errors as OpenAI error objects
+      openai_request.py               OpenAI bodies -> GenerateRequest (params named back)
+      openai_response.py              flushes -> chunks and whole answers
+      framing.py, asgi.py             SSE and NDJSON framing; the bare ASGI pieces
+      listener.py                     uvicorn's protocol on this loop; TLS; the drain
     engines/                          the engine seam (base.py) and the engines
 
-The gRPC server here: GenerationService, health, reflection, metrics, graceful stop.
+The server here: both doors, health, reflection, metrics, graceful stop.
 
 server = Server(Settings(port=0))
 await server.start()          # engine loaded, port bound, health SERVING
@@ -66,6 +73,8 @@ from .rpc.interceptors import MalformedRequests
 from .rpc.security import RequireKeys, server_credentials
 from .rpc.servicer import GenerationServicer
 from .settings import Settings
+from .web.app import HttpDoor
+from .web.listener import HttpListener, cancel
 
 log = logging.getLogger("tokenwire.server")
 
@@ -160,8 +169,20 @@ class Server:
         self._health_server = (
             grpc.aio.server(options=_EVERY_SERVER) if settings.health_port else None
         )
+        self.http: HttpDoor | None = None
+        self._http_listener: HttpListener | None = None
+        if settings.http:
+            self.http = HttpDoor(
+                self.core,
+                self.keys,
+                self._serving,
+                settings.max_message_bytes,
+                settings.http_keepalive_s,
+            )
+            self._http_listener = HttpListener(self.http)
         self._monitor: asyncio.Task[None] | None = None
         self.port = 0
+        self.http_port = 0
         self.health_port = 0
         self.metrics_port = 0
 
@@ -171,9 +192,13 @@ class Server:
         await self.engine.start()
         try:
             self._listen()
+            if self._http_listener is not None:
+                self.http_port = await self._bind_http()
             await self._server.start()
             if self._health_server is not None:
                 await self._health_server.start()
+            if self._http_listener is not None:
+                await self._http_listener.serve()
         except BaseException:
             await self._abandon()
             raise
@@ -192,6 +217,19 @@ class Server:
             else "off",
             f", health on {listeners.join(s.host, self.health_port)}" if self.health_port else "",
         )
+        if self.http_port:
+            # Its own line: scripts find the gRPC port in the one above.
+            log.info("tokenwire HTTP on %s", listeners.join(s.host, self.http_port))
+
+    async def _bind_http(self) -> int:
+        s = self.settings
+        assert self._http_listener is not None
+        listener = listeners.planned_one(s, "--http-port")
+        tls = (s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
+        try:
+            return await self._http_listener.bind(listener.host, listener.port, tls)
+        except OSError as error:
+            raise listeners.failure(listener, error) from None
 
     def _listen(self) -> None:
         """Bind every port before serving any, so that no clash shows up after SERVING.
@@ -228,6 +266,8 @@ class Server:
         await self._server.stop(None)
         if self._health_server is not None:
             await self._health_server.stop(None)
+        if self._http_listener is not None:
+            await self._http_listener.close()
         self.metrics.close()
         await self.engine.close()
         self.tracing.close()
@@ -240,7 +280,15 @@ class Server:
         if self._monitor is not None:
             self._monitor.cancel()
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        if self._http_listener is not None and self.http is not None:
+            # Both doors drain side by side, for the same grace.
+            self._http_listener.stop_accepting()
+            await asyncio.gather(
+                self._server.stop(grace), self._http_listener.drain(self.http.tasks, grace)
+            )
+            await self._http_listener.close()
+        else:
+            await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)
         await self.watchdog.stop()
@@ -251,8 +299,18 @@ class Server:
     async def hurry(self) -> None:
         """Cut a running ``stop()``'s grace short: abort live calls now (``shutdown``)."""
         self.core.grace_ends_at = time.monotonic()
+        if self.http is not None:
+            cancel(self.http.tasks)
         # grpc.aio: a second stop() with a smaller grace ends the first one sooner.
         await self._server.stop(0)
+
+    def _serving(self) -> tuple[bool, str]:
+        """What gRPC health says now, and why: the HTTP door's /health tells the same."""
+        if self.core.grace_ends_at is not None:
+            return False, "shutting down"
+        if not self.engine.healthy:
+            return False, "the engine cannot serve"
+        return True, "ok"
 
     async def _set_health(self, serving: bool) -> None:
         status = (

@@ -43,7 +43,13 @@ def planned(s: Settings) -> list[Listener]:
         Listener("--port", s.port, "--host", s.host),
         *([Listener("--health-port", s.health_port, "--host", s.host)] if s.health_port else []),
         *([Listener("--metrics-port", s.metrics_port, *metrics_host)] if s.metrics_port else []),
+        *([Listener("--http-port", s.http_port, "--host", s.host)] if s.http else []),
     ]
+
+
+def planned_one(s: Settings, flag: str) -> Listener:
+    [listener] = [listener for listener in planned(s) if listener.flag == flag]
+    return listener
 
 
 def check(listeners: Iterable[Listener]) -> None:

@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     metrics_host: str | None = Field(
         None, min_length=1, description="Address /metrics listens on; default: --host."
     )
+    http: bool = Field(
+        True, description="Serve the HTTP front door (OpenAI API, /v1/generate, playground)."
+    )
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
+    http_keepalive_s: float = Field(
+        15.0, ge=0, description="SSE comment sent after this long without an event; 0 = never."
+    )
     reflection: bool = Field(True, description="Serve gRPC server reflection.")
     health_port: int = Field(
         0, ge=0, le=65535, description="Plaintext port serving only grpc.health.v1; 0 = none."

@@ -139,6 +139,7 @@ class Metrics:
         # update costs microseconds, an integer increment nanoseconds.
         self.streams_active = 0
         self._requests: Counter[tuple[str, str]] = Counter()
+        self._http_requests: Counter[tuple[str, str]] = Counter()
         # Series exist from the start at 0, so rates and alerts work before the first event.
         self._aborts: Counter[str] = Counter(dict.fromkeys(ABORT_REASONS, 0))
         self._tokens = {"prompt": 0, "completion": 0}
@@ -154,7 +155,7 @@ class Metrics:
         meter.create_observable_up_down_counter(
             "tokenwire_streams_active",
             callbacks=[observe(lambda: [(self.streams_active, {})])],
-            description="Generate/Complete RPCs in progress",
+            description="Generations in progress, through either door",
         )
         meter.create_observable_counter(
             "tokenwire_requests",
@@ -166,6 +167,18 @@ class Metrics:
                 )
             ],
             description="Finished RPCs by method and gRPC status code",
+        )
+        meter.create_observable_counter(
+            "tokenwire_http_requests",
+            callbacks=[
+                observe(
+                    lambda: [
+                        (n, {"route": r, "status": c})
+                        for (r, c), n in list(self._http_requests.items())
+                    ]
+                )
+            ],
+            description="Finished HTTP requests by route and outcome status",
         )
         meter.create_observable_counter(
             "tokenwire_aborts",
@@ -217,6 +230,9 @@ class Metrics:
 
     def request_done(self, method: str, code: str) -> None:
         self._requests[method, code] += 1
+
+    def http_request_done(self, route: str, status: int) -> None:
+        self._http_requests[route, str(status)] += 1
 
     def aborted(self, reason: AbortReason, latency_s: float | None = None) -> None:
         self._aborts[reason] += 1

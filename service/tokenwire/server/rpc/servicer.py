@@ -19,9 +19,8 @@ import grpc
 from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
-from ..core import coalescing, errors, requests, sizes
+from ..core import coalescing, errors, messages, requests, sizes
 from ..core.lifecycle import Call, Core
-from . import convert
 from .status import code_of, to_status
 
 log = logging.getLogger("tokenwire.server")
@@ -52,14 +51,14 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     cause = core.ending(call, cancel)
                     if not isinstance(cause, errors.ReaderStalled | errors.EngineStalled):
                         code = code_of(cause)
-                        context.set_trailing_metadata(convert.receipt(call.progress))
+                        context.set_trailing_metadata(messages.receipt(call.progress))
                         raise
                     # Our own watchdog cancelled the call: end it with a status instead.
                     task = asyncio.current_task()
                     if task is not None:
                         task.uncancel()
                     raise cause from None
-                context.set_trailing_metadata(convert.receipt(call.progress))
+                context.set_trailing_metadata(messages.receipt(call.progress))
             except Exception as error:
                 status = to_status(error)
                 code = status.code
@@ -67,7 +66,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     log.exception("%s failed", method)
                 elif code is not grpc.StatusCode.INVALID_ARGUMENT:
                     log.info("%s ended with %s: %s", method, code.name, status.message)
-                metadata = status.trailing_metadata + convert.receipt(call.progress)
+                metadata = status.trailing_metadata + messages.receipt(call.progress)
                 await context.abort(status.code, status.message, metadata)
             finally:
                 core.metrics.request_done(method, code.name)
@@ -89,10 +88,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             flushes = coalescing.flushes(handle, gen.plan.stream, progress, watched)
             async with aclosing(flushes):  # closed at once, also on a cancel
                 async for f in flushes:
-                    msg = convert.response(request_id, f.index, f.deltas, f.completion_tokens)
+                    msg = messages.response(request_id, f.index, f.deltas, f.completion_tokens)
                     if f.last:
-                        msg.usage.CopyFrom(convert.usage(progress, handle.cached_prompt_tokens))
-                        msg.timing.CopyFrom(convert.timing(progress))
+                        msg.usage.CopyFrom(messages.usage(progress, handle.cached_prompt_tokens))
+                        msg.timing.CopyFrom(messages.timing(progress))
                     # While a write waits, flow control is holding us back: the
                     # watchdog gives up on a reader that stays stuck.
                     watched.write_since = time.monotonic()
@@ -108,7 +107,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             self.core.generation(request, call, whole_limit=limit) as gen,
         ):
             progress = gen.progress
-            choices = convert.Choices(len(progress.counts))
+            choices = messages.Choices(len(progress.counts))
             # Raises as soon as the answer cannot fit: the engine request is aborted.
             size = sizes.AnswerSize(limit)
             async for step in coalescing.steps(gen.handle, progress, gen.watched):
@@ -117,8 +116,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             answer = pb.CompleteResponse(
                 request_id=gen.plan.request_id,
                 choices=choices.done(),
-                usage=convert.usage(progress, gen.handle.cached_prompt_tokens),
-                timing=convert.timing(progress),
+                usage=messages.usage(progress, gen.handle.cached_prompt_tokens),
+                timing=messages.timing(progress),
             )
             size.check(answer)
             return answer
@@ -127,7 +126,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self, request: pb.GetModelInfoRequest, context: Context
     ) -> pb.ModelInfo:
         async with self.rpc("GetModelInfo", context):
-            return convert.model_info(self.core.engine.description, self.core.limits)
+            return messages.model_info(self.core.engine.description, self.core.limits)
 
     async def Tokenize(  # noqa: N802
         self, request: pb.TokenizeRequest, context: Context

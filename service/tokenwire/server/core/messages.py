@@ -1,4 +1,5 @@
-"""Engine types -> protocol messages: stream messages, whole answers, usage, receipts."""
+"""Engine types -> the contract's messages (both doors send them): stream messages, whole
+answers, usage, timing, the usage receipt."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from collections.abc import Sequence
 
 from tokenwire.v1 import generation_pb2 as pb
 
-from ..core.progress import Progress
-from ..core.requests import Limits
 from ..engines.base import FinishReason, ModelDescription, SequenceDelta, TokenLogprob
+from .progress import Progress
+from .requests import Limits
 
 FINISH_REASONS: dict[FinishReason | None, pb.FinishReason] = {
     None: pb.FINISH_REASON_UNSPECIFIED,

@@ -1,0 +1,407 @@
+"""Door 2, HTTP: the OpenAI-compatible API, the native contract as NDJSON, and the playground.
+
+    POST /v1/chat/completions, /v1/completions   OpenAI JSON; SSE when "stream": true
+    POST /v1/generate                            GenerateRequest (JSON mapping) -> NDJSON
+    GET  /v1/models, /health, /metrics, /        model list, health, Prometheus, playground
+
+Each generation route is a few lines on ``core.lifecycle``, as each RPC is: the
+door's own part is the HTTP ending of a call. Before the answer starts, an error
+is the HTTP status with OpenAI's error object; after, one more event (SSE) or
+line (NDJSON) carrying the error, then the stream's end. A client that goes away
+cancels the handler at once (``asgi.cancel_on_disconnect``), which aborts the
+engine request in ``core.generation``; a reader that stops reading backs the
+writes up until the watchdog aborts it (``stalled``). Every ending is counted in
+``tokenwire_http_requests_total{route,status}`` (``status``: the outcome, also
+for an error sent after the stream began) and logged with its usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+
+from tokenwire.v1 import generation_pb2 as pb
+
+from ..core import coalescing, errors, messages
+from ..core.auth import ApiKeys
+from ..core.lifecycle import Call, Core, Generation
+from ..core.requests import MAX_REQUEST_ID_LENGTH
+from . import asgi, framing, openai_request
+from .asgi import Receive, Scope, Send
+from .openai_request import OpenAIRequest
+from .openai_response import Answer, usage_body
+
+log = logging.getLogger("tokenwire.server")
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[int]]
+
+_PLAYGROUND = resources.files(__package__).joinpath("playground.html").read_bytes()
+_OPEN = ("/health", "/metrics", "/")  # no key needed: probes and scrapers send none
+
+
+class HttpDoor:
+    """The ASGI app; one per server, sharing its core, keys and metrics."""
+
+    def __init__(
+        self,
+        core: Core,
+        keys: ApiKeys | None,
+        serving: Callable[[], tuple[bool, str]],
+        body_limit: int,
+        keepalive_s: float,
+    ) -> None:
+        self._core = core
+        self._keys = keys
+        self._serving = serving
+        self._body_limit = body_limit
+        self._keepalive_s = keepalive_s
+        self.tasks: set[asyncio.Task[Any]] = set()  # live generation handlers, for the drain
+        self._routes: dict[tuple[str, str], Handler] = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/completions"): self._completions,
+            ("POST", "/v1/generate"): self._generate,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/health"): self._health,
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/"): self._playground,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        handler = self._routes.get((method, path))
+        route = path if handler is not None else "unknown"
+        status = 500
+        try:
+            if handler is None:
+                raise errors.NotFound(f"no route {method} {path}")
+            keys = self._keys
+            if keys is not None and path not in _OPEN:  # noqa: SIM102
+                if not keys.valid(asgi.header(scope, b"authorization")):
+                    raise errors.Unauthenticated(
+                        "missing or invalid API key: send 'Authorization: Bearer <key>'"
+                    )
+            status = await handler(scope, receive, send)
+        except errors.ServiceError as error:
+            status = await _refuse(send, error, [])
+        finally:
+            self._core.metrics.http_request_done(route, status)
+
+    # --- generation routes -------------------------------------------------------
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> int:
+        return await self._openai("chat", scope, receive, send)
+
+    async def _completions(self, scope: Scope, receive: Receive, send: Send) -> int:
+        return await self._openai("completion", scope, receive, send)
+
+    async def _openai(self, kind: openai_request.Kind, scope: Scope, r: Receive, s: Send) -> int:
+        async def run(call: Call, body: bytes, echo: asgi.Headers, state: _State) -> None:
+            try:
+                parsed = openai_request.parse(kind, orjson.loads(body))
+            except orjson.JSONDecodeError as error:
+                raise errors.InvalidArgument("body", f"is not valid JSON: {error}") from None
+            state.parsed = parsed
+            parsed.request.request_id = state.request_id
+            async with self._core.generation(parsed.request, call) as gen:
+                model = self._core.engine.description.name
+                answer = Answer(parsed, state.request_id, model, len(gen.progress.counts))
+                if parsed.stream:
+                    await self._sse(s, gen, parsed, answer, echo, state)
+                else:
+                    await self._whole(s, gen, answer, echo)
+
+        return await self._generation(scope, r, s, run, framing.SSE_CONTENT_TYPE)
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send) -> int:
+        async def run(call: Call, body: bytes, echo: asgi.Headers, state: _State) -> None:
+            request = pb.GenerateRequest()
+            try:
+                json_format.Parse(body, request)
+            except json_format.ParseError as error:
+                raise errors.InvalidArgument("body", f"not a GenerateRequest: {error}") from None
+            if not request.request_id:
+                request.request_id = state.request_id
+            state.request_id = request.request_id
+            async with self._core.generation(request, call) as gen:
+                await asgi.start_stream(send, framing.NDJSON_CONTENT_TYPE, echo)
+                state.started = True
+                await self._ndjson(send, gen)
+
+        return await self._generation(scope, receive, send, run, framing.NDJSON_CONTENT_TYPE)
+
+    async def _generation(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        run: Callable[[Call, bytes, asgi.Headers, _State], Awaitable[None]],
+        stream_type: bytes,
+    ) -> int:
+        """One generation request's life on this door: its ending, status and receipt."""
+        core = self._core
+        route = scope["path"]
+        state = _State(_request_id(scope))
+        echo: asgi.Headers = [(b"x-request-id", state.request_id.encode())]
+        task = asyncio.current_task()
+        assert task is not None
+        watcher: asyncio.Task[None] | None = None
+        # A traceparent header continues the caller's trace, as its metadata does on gRPC.
+        headers = [
+            (bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in scope["headers"]
+        ]
+        with core.call(route, headers, door="http") as call:
+            status = 200
+            self.tasks.add(task)
+            try:
+                try:
+                    body = await asgi.read_body(receive, self._body_limit)
+                    # From here on, a client that goes away cancels this task at once.
+                    watcher = asyncio.create_task(asgi.cancel_on_disconnect(receive, task))
+                    await run(call, body, echo, state)
+                except asyncio.CancelledError as cancel:
+                    cause = core.ending(call, cancel)
+                    task.uncancel()  # ours to end, not the server's: uvicorn would log it
+                    raise cause from None
+            except asgi.BodyTooLarge as error:
+                status = await _refuse(send, errors.BodyTooLarge(str(error)), echo)
+            except asgi.ClientGone:
+                status = 499
+            except Exception as error:
+                status = errors.answer(error).http
+                body = error_body(error, state.parsed)
+                if isinstance(error, errors.ClientCancelled):
+                    pass  # nobody is there to tell
+                elif state.started:
+                    await _stream_error(send, body, stream_type)
+                else:
+                    await _refuse(send, error, echo, body)
+                _log_error(route, error, status)
+            finally:
+                self.tasks.discard(task)
+                if watcher is not None:
+                    watcher.cancel()
+                while task.cancelling():  # the client left as the answer ended
+                    task.uncancel()
+                core.trace_end(call, str(status))
+                _receipt(route, state.request_id, status, call)
+        return status
+
+    async def _sse(
+        self,
+        send: Send,
+        gen: Generation,
+        parsed: OpenAIRequest,
+        answer: Answer,
+        echo: asgi.Headers,
+        state: _State,
+    ) -> None:
+        watched, progress = gen.watched, gen.progress
+        await asgi.start_stream(send, framing.SSE_CONTENT_TYPE, echo)
+        state.started = True
+        keepalive = _Keepalive(send, self._keepalive_s)
+        opening = answer.opening()
+        if opening:
+            await asgi.send_part(send, framing.sse_events(opening))
+        flushes = coalescing.flushes(gen.handle, gen.plan.stream, progress, watched)
+        try:
+            async for f in flushes:
+                data = framing.sse_event(answer.chunk(f.index, f.deltas))
+                if f.last and parsed.include_usage:
+                    data += framing.sse_event(answer.usage_chunk(_usage(gen)))
+                watched.write_since = time.monotonic()
+                await keepalive.send(data)
+                watched.write_since = None
+        finally:
+            await flushes.aclose()
+            keepalive.stop()
+        await asgi.send_part(send, framing.SSE_DONE)
+        await asgi.end_stream(send)
+
+    async def _whole(self, send: Send, gen: Generation, answer: Answer, echo: asgi.Headers) -> None:
+        async for step in coalescing.steps(gen.handle, gen.progress, gen.watched):
+            for d in step:
+                answer.add(d.index, (d,))
+        await asgi.send_bytes(send, 200, answer.whole(_usage(gen)), headers=echo)
+
+    async def _ndjson(self, send: Send, gen: Generation) -> None:
+        watched, progress, handle = gen.watched, gen.progress, gen.handle
+        request_id = gen.plan.request_id
+        flushes = coalescing.flushes(handle, gen.plan.stream, progress, watched)
+        try:
+            async for f in flushes:
+                msg = messages.response(request_id, f.index, f.deltas, f.completion_tokens)
+                if f.last:
+                    msg.usage.CopyFrom(messages.usage(progress, handle.cached_prompt_tokens))
+                    msg.timing.CopyFrom(messages.timing(progress))
+                line = json_format.MessageToJson(msg, indent=None).encode()
+                watched.write_since = time.monotonic()
+                await asgi.send_part(send, framing.ndjson_line(line))
+                watched.write_since = None
+        finally:
+            await flushes.aclose()
+        await asgi.end_stream(send)
+
+    # --- the rest ------------------------------------------------------------------
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> int:
+        model = self._core.engine.description
+        body = {
+            "object": "list",
+            "data": [
+                {
+                    "id": model.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "tokenwire",
+                    "max_model_len": model.max_context_length,
+                }
+            ],
+        }
+        await asgi.send_bytes(send, 200, orjson.dumps(body))
+        return 200
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> int:
+        serving, reason = self._serving()
+        status = 200 if serving else 503
+        body = {"status": "serving" if serving else "not_serving", "reason": reason}
+        await asgi.send_bytes(send, status, orjson.dumps(body))
+        return status
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> int:
+        text = self._core.metrics.text()
+        await asgi.send_bytes(send, 200, text, b"text/plain; version=0.0.4; charset=utf-8")
+        return 200
+
+    async def _playground(self, scope: Scope, receive: Receive, send: Send) -> int:
+        await asgi.send_bytes(send, 200, _PLAYGROUND, b"text/html; charset=utf-8")
+        return 200
+
+
+class _State:
+    """What a generation handler learns as it goes, for its ending."""
+
+    __slots__ = ("parsed", "request_id", "started")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.parsed: OpenAIRequest | None = None
+        self.started = False  # the answer's head has gone out: errors go in the stream
+
+
+class _Keepalive:
+    """An SSE comment whenever ``interval`` passes without an event (a long prefill),
+    so that proxies with idle timeouts keep the connection."""
+
+    __slots__ = ("_interval", "_last", "_send", "_task")
+
+    def __init__(self, send: Send, interval: float) -> None:
+        self._send = send
+        self._interval = interval
+        self._last = time.monotonic()
+        self._task = asyncio.create_task(self._run()) if interval > 0 else None
+
+    async def send(self, data: bytes) -> None:
+        self._last = time.monotonic()
+        await asgi.send_part(self._send, data)
+
+    async def _run(self) -> None:
+        while True:
+            wait = self._last + self._interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            self._last = time.monotonic()
+            await asgi.send_part(self._send, framing.SSE_KEEPALIVE)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _request_id(scope: Scope) -> str:
+    given = asgi.header(scope, b"x-request-id")
+    if given and len(given) <= MAX_REQUEST_ID_LENGTH and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def _usage(gen: Generation) -> dict[str, Any]:
+    p = gen.progress
+    return usage_body(p.prompt_tokens, p.completion_tokens, gen.handle.cached_prompt_tokens)
+
+
+def error_body(error: BaseException, parsed: OpenAIRequest | None = None) -> bytes:
+    """OpenAI's error object; a field is named as this client sent it (``max_tokens``,
+    not the native ``stopping.max_tokens``)."""
+    found = errors.answer(error)
+    param = errors.field_of(error)
+    if isinstance(error, errors.ModelNotFound):
+        param = "model"  # OpenAI's word for it; gRPC's NOT_FOUND names no field
+    text = errors.message(error)
+    if param is not None and parsed is not None:
+        param = parsed.param_for(param)
+        text = f"{param}: {getattr(error, 'description', text)}"
+    return orjson.dumps(
+        {"error": {"message": text, "type": found.kind, "param": param, "code": found.code}}
+    )
+
+
+async def _refuse(
+    send: Send, error: BaseException, echo: asgi.Headers, body: bytes | None = None
+) -> int:
+    """An error before the answer started: its HTTP status and OpenAI's error object."""
+    status = errors.answer(error).http
+    headers = list(echo)
+    if isinstance(error, errors.Overloaded):
+        headers.append((b"retry-after", str(max(1, round(error.retry_after_s))).encode()))
+    await asgi.send_bytes(send, status, body or error_body(error), headers=headers)
+    return status
+
+
+_ERROR_WRITE_S = 1.0  # a reader that stopped reading will not take the error either
+
+
+async def _stream_error(send: Send, body: bytes, stream_type: bytes) -> None:
+    """An error after the answer started: one more event or line, then the end."""
+    frame = framing.sse_event(body) + framing.SSE_DONE
+    if stream_type != framing.SSE_CONTENT_TYPE:
+        frame = framing.ndjson_line(body)
+    try:
+        async with asyncio.timeout(_ERROR_WRITE_S):
+            await asgi.send_part(send, frame)
+            await asgi.end_stream(send)
+    except TimeoutError:
+        pass  # the connection is closed unfinished: the client sees a cut stream
+
+
+def _log_error(route: str, error: BaseException, status: int) -> None:
+    if status >= 500 and errors.answer(error).grpc == "INTERNAL":
+        log.error("%s failed", route, exc_info=error)
+    elif status not in (400, 499):
+        log.info("%s ended with %d: %s", route, status, errors.message(error))
+
+
+def _receipt(route: str, request_id: str, status: int, call: Call) -> None:
+    """SSE has no trailers: every ending, aborted ones too, is logged with its usage."""
+    p = call.progress
+    if p is None:
+        return
+    log.info(
+        "%s %d: prompt_tokens=%d completion_tokens=%d finish=%s",
+        route,
+        status,
+        p.prompt_tokens,
+        p.completion_tokens,
+        f"aborted:{p.abort_reason}" if p.abort_reason else ",".join(map(str, p.finishes)),
+        extra={"request_id": request_id},
+    )

@@ -1,0 +1,331 @@
+"""OpenAI request bodies -> ``GenerateRequest``, the one request shape the core validates.
+
+The HTTP door checks only what is OpenAI's own (JSON types, OpenAI's spellings,
+fields we cannot honour) and maps every field onto the native contract; ranges
+and limits are checked once, by the core, for both doors. A field the core
+refuses comes back under its gRPC path (``stopping.max_tokens``): ``param_for``
+turns it into the parameter this client sent (``max_completion_tokens``).
+
+Unknown fields are ignored, as OpenAI does. A known field that would change the
+answer and that we cannot honour (``tools``, ``logit_bias``, ``echo``...) is
+refused with 400, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tokenwire.v1 import generation_pb2 as pb
+
+from ..core.errors import InvalidArgument
+
+Kind = Literal["chat", "completion"]
+
+# Known OpenAI fields we cannot honour yet, with the value that means "off".
+_REFUSED: dict[str, tuple[object, ...]] = {
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "function_call": (None, "none", "auto"),
+    "logit_bias": (None, {}),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "audio": (None,),
+    "prediction": (None,),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+}
+_TEXT_ONLY = ("text",)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIRequest:
+    """A parsed OpenAI request: the native request plus how to answer in OpenAI's shape."""
+
+    kind: Kind
+    request: pb.GenerateRequest
+    stream: bool
+    include_usage: bool
+    logprobs: bool  # per-token logprobs wanted in the answer
+    top_logprobs: int
+    # gRPC field path prefix -> the parameter name this client used.
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def param_for(self, path: str) -> str:
+        """The client's parameter for a core field path (``stopping.stop[1]`` -> ``stop[1]``)."""
+        for prefix in sorted(self.params, key=len, reverse=True):
+            if path == prefix or path.startswith((prefix + ".", prefix + "[")):
+                name, rest = self.params[prefix], path[len(prefix) :]
+                # An empty name drops a message level: "sampling.top_p" -> "top_p".
+                return name + rest if name else rest.lstrip(".")
+        return path
+
+
+def parse(kind: Kind, body: object) -> OpenAIRequest:
+    """Validate an OpenAI body's shape and map it; raise InvalidArgument naming the param."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("body", "must be a JSON object")
+    for name, off in _REFUSED.items():
+        if name in body and body[name] not in off:
+            raise InvalidArgument(name, "is not supported by this server")
+    response_format = body.get("response_format")
+    if response_format is not None and _get(response_format, "type", "response_format") != "text":
+        raise InvalidArgument("response_format", "only {'type': 'text'} is supported")
+    modalities = body.get("modalities")
+    if modalities is not None and list(modalities) != ["text"]:
+        raise InvalidArgument("modalities", "only ['text'] is supported")
+
+    req = pb.GenerateRequest()
+    params = _base_params()
+    model = _str(body, "model", required=False)
+    if model:
+        req.model = model
+    if kind == "chat":
+        _messages(body, req)
+    else:
+        _prompt(body, req, params)
+
+    s, st, out = req.sampling, req.stopping, req.output
+    _set_float(body, "temperature", s)
+    _set_float(body, "top_p", s)
+    _set_float(body, "min_p", s)
+    _set_float(body, "repetition_penalty", s)
+    _set_float(body, "presence_penalty", s)
+    _set_float(body, "frequency_penalty", s)
+    top_k = _int(body, "top_k")
+    if top_k is not None and top_k not in (-1, 0):  # -1 and 0 mean "off" in vLLM
+        if top_k < 0:
+            raise InvalidArgument("top_k", "must be -1 (off) or a positive integer")
+        s.top_k = top_k
+    seed = _int(body, "seed")
+    if seed is not None:
+        # OpenAI takes any 64-bit integer; engines take the bits as given.
+        s.seed = seed % (1 << 64)
+    n = _int(body, "n")
+    if n is not None:
+        if n < 1:
+            raise InvalidArgument("n", "must be at least 1")
+        s.n = n
+    best_of = _int(body, "best_of")
+    if best_of is not None and best_of != (n or 1):
+        raise InvalidArgument("best_of", "is not supported (only best_of == n)")
+
+    max_tokens = _int(body, "max_completion_tokens")
+    if max_tokens is not None:
+        params["stopping.max_tokens"] = "max_completion_tokens"
+    else:
+        max_tokens = _int(body, "max_tokens")
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise InvalidArgument(params["stopping.max_tokens"], "must be at least 1")
+        st.max_tokens = max_tokens
+    min_tokens = _int(body, "min_tokens")
+    if min_tokens is not None:
+        if min_tokens < 0:
+            raise InvalidArgument("min_tokens", "must not be negative")
+        st.min_tokens = min_tokens
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        st.stop.append(stop)
+        params["stopping.stop[0]"] = "stop"
+    elif stop is not None:
+        st.stop.extend(_str_list(stop, "stop"))
+    for i, token in enumerate(_int_list(body.get("stop_token_ids"), "stop_token_ids")):
+        if token < 0:
+            raise InvalidArgument(f"stop_token_ids[{i}]", "must not be negative")
+        st.stop_token_ids.append(token)
+    _set_bool(body, "ignore_eos", st, "ignore_eos")
+    _set_bool(body, "include_stop_str_in_output", st, "include_stop_in_output")
+    _set_bool(body, "skip_special_tokens", out, "skip_special_tokens")
+
+    logprobs, top = _logprobs(kind, body, params)
+    if logprobs:
+        out.logprobs = True
+    if top:
+        out.top_logprobs = top
+
+    stream = _bool(body, "stream") or False
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise InvalidArgument("stream_options", "must be an object")
+        if not stream:
+            raise InvalidArgument("stream_options", "is only allowed when stream is true")
+        include_usage = bool(_bool(options, "include_usage", "stream_options.include_usage"))
+        step = _int(options, "streaming_step", "stream_options.streaming_step")
+        if step is not None:
+            if step < 0:
+                raise InvalidArgument("stream_options.streaming_step", "must not be negative")
+            req.stream.streaming_step = step
+        delay = _int(options, "max_batch_delay_ms", "stream_options.max_batch_delay_ms")
+        if delay is not None:
+            if delay < 0:
+                raise InvalidArgument("stream_options.max_batch_delay_ms", "must not be negative")
+            req.stream.max_batch_delay_ms = delay
+    return OpenAIRequest(kind, req, stream, include_usage, logprobs, top, params)
+
+
+def _base_params() -> dict[str, str]:
+    return {
+        "sampling": "",
+        "stopping": "",
+        "output": "",
+        "stopping.max_tokens": "max_tokens",
+        "stopping.include_stop_in_output": "include_stop_str_in_output",
+        "stream": "stream_options",
+        "messages.messages": "messages",
+        "prompt": "prompt",
+        "token_ids.ids": "prompt",
+        "request_id": "X-Request-Id",
+    }
+
+
+def _messages(body: dict[str, Any], req: pb.GenerateRequest) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidArgument("messages", "must be a non-empty array")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise InvalidArgument(where, "must be an object")
+        role = _str(m, "role", f"{where}.role")
+        if m.get("tool_calls"):
+            raise InvalidArgument(f"{where}.tool_calls", "is not supported by this server")
+        req.messages.messages.add(role=role, content=_content(m.get("content"), where))
+
+
+def _content(content: object, where: str) -> str:
+    """A message's text: a string, or OpenAI's list of text parts joined."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidArgument(f"{where}.content", "must be a string or an array of parts")
+    texts = []
+    for j, part in enumerate(content):
+        kind = _get(part, "type", f"{where}.content[{j}]")
+        if kind not in _TEXT_ONLY:
+            raise InvalidArgument(f"{where}.content[{j}].type", f"{kind!r} parts are not supported")
+        texts.append(_str(part, "text", f"{where}.content[{j}].text"))
+    return "".join(texts)
+
+
+def _prompt(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, str]) -> None:
+    prompt = body.get("prompt")
+    # OpenAI's batch forms (several prompts in one request) are refused: one
+    # request is one stream here, as it is for the engine's abort and receipts.
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+        params["prompt"] = "prompt[0]"
+        params["token_ids.ids"] = "prompt[0]"
+    if isinstance(prompt, str):
+        req.prompt = prompt
+    elif isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
+        if any(t < 0 for t in prompt):
+            raise InvalidArgument(params["token_ids.ids"], "token ids must not be negative")
+        req.token_ids.ids.extend(prompt)
+    elif isinstance(prompt, list) and len(prompt) > 1:
+        raise InvalidArgument("prompt", "one prompt per request: batches are not supported")
+    else:
+        raise InvalidArgument("prompt", "must be a string or an array of token ids")
+
+
+def _logprobs(kind: Kind, body: dict[str, Any], params: dict[str, str]) -> tuple[bool, int]:
+    if kind == "chat":
+        wanted = bool(_bool(body, "logprobs"))
+        top = _int(body, "top_logprobs") or 0
+        if top < 0:
+            raise InvalidArgument("top_logprobs", "must not be negative")
+        if top and not wanted:
+            raise InvalidArgument("top_logprobs", "requires logprobs to be true")
+        params["output.top_logprobs"] = "top_logprobs"
+        return wanted, top
+    # Completions: ``logprobs`` is the number of alternatives (0 = the chosen token only).
+    value = body.get("logprobs")
+    if value is None or value is False:
+        return False, 0
+    if not _is_int(value) or value < 0:
+        raise InvalidArgument("logprobs", "must be a non-negative integer")
+    params["output.top_logprobs"] = "logprobs"
+    return True, int(value)
+
+
+# --- JSON type checks, naming the parameter ---------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _get(obj: object, key: str, where: str) -> object:
+    if not isinstance(obj, dict):
+        raise InvalidArgument(where, "must be an object")
+    return obj.get(key)
+
+
+def _str(obj: dict[str, Any], key: str, where: str | None = None, *, required: bool = True) -> str:
+    value = obj.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgument(where or key, "must be a string")
+    return value
+
+
+def _int(obj: dict[str, Any], key: str, where: str | None = None) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    # JSON has one number type: 2.0 is accepted as 2, as OpenAI does.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not _is_int(value):
+        raise InvalidArgument(where or key, "must be an integer")
+    return int(value)
+
+
+def _bool(obj: dict[str, Any], key: str, where: str | None = None) -> bool | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise InvalidArgument(where or key, "must be a boolean")
+    return value
+
+
+def _set_float(body: dict[str, Any], key: str, target: pb.SamplingParams) -> None:
+    value = body.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(key, "must be a number")
+    if not math.isfinite(value):
+        raise InvalidArgument(key, "must be finite")
+    setattr(target, key, float(value))
+
+
+def _set_bool(body: dict[str, Any], key: str, target: Any, name: str) -> None:
+    value = _bool(body, key)
+    if value is not None:
+        setattr(target, name, value)
+
+
+def _str_list(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(where, "must be a string or an array of strings")
+    return list(value)
+
+
+def _int_list(value: object, where: str) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(_is_int(v) for v in value):
+        raise InvalidArgument(where, "must be an array of integers")
+    return list(value)

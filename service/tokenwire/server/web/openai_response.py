@@ -1,0 +1,211 @@
+"""Engine deltas -> OpenAI's JSON: streamed chunks and whole answers, chat and completions.
+
+One ``Answer`` per request renders every flush of the core into one
+``chat.completion.chunk`` (or ``text_completion``) object, and the whole answer
+for ``stream: false`` from the same parts, so the two cannot drift apart.
+Shapes follow what the official SDKs parse:
+
+- the first chunk of each choice carries ``role`` (chat), and those first chunks
+  go out in index order 0, 1, ... before any content: the SDK's stream helper
+  indexes its snapshot by ``choice.index`` and fails on any other order;
+- ``finish_reason`` in OpenAI's values; a stop string or stop token ends with
+  ``stop``, and the match goes in vLLM's ``stop_reason`` extension field;
+- logprobs per chunk for that chunk's own tokens, in each API's shape;
+- usage in the last chunk (``choices: []``) when ``include_usage`` is set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ..engines.base import FinishReason, SequenceDelta, TokenLogprob
+from .openai_request import OpenAIRequest
+
+FINISH_REASONS: dict[FinishReason, str] = {
+    "stop": "stop",
+    "length": "length",
+    "stop_sequence": "stop",
+    # OpenAI has no word for it; vLLM's. Only a whole answer cut by the server shows it.
+    "cancelled": "abort",
+}
+
+
+def dumps(obj: object) -> bytes:
+    return orjson.dumps(obj)
+
+
+class Answer:
+    """Renders one request's answer in OpenAI's shape, chunk by chunk or whole."""
+
+    __slots__ = (
+        "_chat",
+        "_created",
+        "_finishes",
+        "_id",
+        "_logprobs",
+        "_lps",
+        "_model",
+        "_n",
+        "_object",
+        "_offsets",
+        "_started",
+        "_texts",
+        "_top",
+    )
+
+    def __init__(self, parsed: OpenAIRequest, request_id: str, model: str, n: int) -> None:
+        self._chat = parsed.kind == "chat"
+        self._id = ("chatcmpl-" if self._chat else "cmpl-") + request_id
+        self._object = "chat.completion.chunk" if self._chat else "text_completion"
+        self._created = int(time.time())
+        self._model = model
+        self._n = n
+        self._logprobs = parsed.logprobs
+        self._top = parsed.top_logprobs
+        self._started = False
+        self._offsets = [0] * n  # characters so far, for completions' text_offset
+        self._texts: list[list[str]] = [[] for _ in range(n)]
+        self._finishes: list[dict[str, Any]] = [{} for _ in range(n)]
+        self._lps: list[list[TokenLogprob]] = [[] for _ in range(n)]  # whole answers only
+
+    # --- streaming ---------------------------------------------------------------
+
+    def opening(self) -> list[bytes]:
+        """Chunks that go before the first content: each chat choice's role, in order."""
+        if self._started:
+            return []
+        self._started = True
+        if not self._chat:
+            return []
+        return [
+            self._chunk(
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
+            for i in range(self._n)
+        ]
+
+    def chunk(self, index: int, deltas: Sequence[SequenceDelta]) -> bytes:
+        """One streamed chunk for one flush of one choice."""
+        return self._chunk([self._choice(index, deltas, streaming=True)])
+
+    def usage_chunk(self, usage: dict[str, Any]) -> bytes:
+        body = self._base(self._object)
+        body["choices"] = []
+        body["usage"] = usage
+        return dumps(body)
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> bytes:
+        body = self._base(self._object)
+        body["choices"] = choices
+        return dumps(body)
+
+    # --- whole answers -----------------------------------------------------------
+
+    def add(self, index: int, deltas: Sequence[SequenceDelta]) -> None:
+        """Collect a flush for the whole answer (``stream: false``)."""
+        self._choice(index, deltas, streaming=False)
+
+    def whole(self, usage: dict[str, Any]) -> bytes:
+        body = self._base("chat.completion" if self._chat else "text_completion")
+        choices = []
+        for i in range(self._n):
+            text = "".join(self._texts[i])
+            choice: dict[str, Any] = {"index": i}
+            if self._chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choice["logprobs"] = self._logprobs_body(self._lps[i], 0) if self._logprobs else None
+            choice.update(self._finishes[i] or {"finish_reason": None})
+            choices.append(choice)
+        body["choices"] = choices
+        body["usage"] = usage
+        return dumps(body)
+
+    # --- parts -------------------------------------------------------------------
+
+    def _base(self, obj: str) -> dict[str, Any]:
+        return {"id": self._id, "object": obj, "created": self._created, "model": self._model}
+
+    def _choice(
+        self, index: int, deltas: Sequence[SequenceDelta], *, streaming: bool
+    ) -> dict[str, Any]:
+        last = deltas[-1]
+        text = last.text if len(deltas) == 1 else "".join(d.text for d in deltas)
+        choice: dict[str, Any] = {"index": index}
+        if streaming:
+            if self._chat:
+                choice["delta"] = {"content": text} if text else {}
+            else:
+                choice["text"] = text
+            if self._logprobs:
+                lps = [lp for d in deltas for lp in d.logprobs]
+                choice["logprobs"] = self._logprobs_body(lps, self._offsets[index])
+            else:
+                choice["logprobs"] = None
+        else:
+            self._texts[index].append(text)
+            if self._logprobs:
+                self._lps[index].extend(lp for d in deltas for lp in d.logprobs)
+        self._offsets[index] += len(text)
+        if last.finish_reason is not None:
+            finish: dict[str, Any] = {"finish_reason": FINISH_REASONS[last.finish_reason]}
+            finish["stop_reason"] = last.stop_match
+            self._finishes[index] = finish
+            choice.update(finish)
+        elif streaming:
+            choice["finish_reason"] = None
+        return choice
+
+    def _logprobs_body(self, lps: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
+        if self._chat:
+            return {
+                "content": [
+                    {
+                        "token": lp.token,
+                        "logprob": lp.logprob,
+                        "bytes": list(lp.token.encode()),
+                        "top_logprobs": [
+                            {
+                                "token": t.token,
+                                "logprob": t.logprob,
+                                "bytes": list(t.token.encode()),
+                            }
+                            for t in lp.top[: self._top]
+                        ],
+                    }
+                    for lp in lps
+                ]
+            }
+        offsets = []
+        for lp in lps:
+            offsets.append(offset)
+            offset += len(lp.token)
+        return {
+            "tokens": [lp.token for lp in lps],
+            "token_logprobs": [lp.logprob for lp in lps],
+            "top_logprobs": [{t.token: t.logprob for t in lp.top[: self._top]} for lp in lps]
+            if self._top
+            else None,
+            "text_offset": offsets,
+        }
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int, cached: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
