@@ -181,6 +181,7 @@ class Server:
             )
             self._http_listener = HttpListener(self.http)
         self._monitor: asyncio.Task[None] | None = None
+        self._stopping = False
         self.port = 0
         self.http_port = 0
         self.health_port = 0
@@ -275,6 +276,9 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, refuse new calls, let live ones run up to
         ``grace`` seconds (default: settings), abort the rest, close the engine."""
+        if self._stopping:
+            return
+        self._stopping = True
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self.core.grace_ends_at = time.monotonic() + grace
         if self._monitor is not None:
