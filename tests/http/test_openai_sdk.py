@@ -197,3 +197,23 @@ async def test_grpc_and_http_share_one_engine(oai: openai.AsyncOpenAI, http_serv
         )
         == 1
     )
+
+
+async def test_return_token_ids_gives_each_chunk_its_ids(oai: openai.AsyncOpenAI) -> None:
+    # vLLM's extension: clients that count or check tokens get the ids beside the text.
+    whole = await oai.completions.create(
+        model="", prompt="hi", max_tokens=6, seed=2, extra_body={"return_token_ids": True}
+    )
+    assert whole.choices[0].model_extra is not None
+    ids = whole.choices[0].model_extra["token_ids"]
+    assert len(ids) == 6
+    stream = await oai.completions.create(
+        model="",
+        prompt="hi",
+        max_tokens=6,
+        seed=2,
+        stream=True,
+        extra_body={"return_token_ids": True},
+    )
+    streamed = [t async for c in stream for t in (c.choices[0].model_extra or {})["token_ids"]]
+    assert streamed == ids

@@ -53,6 +53,7 @@ class OpenAIRequest:
     include_usage: bool
     logprobs: bool  # per-token logprobs wanted in the answer
     top_logprobs: int
+    token_ids: bool  # vLLM's return_token_ids: each choice carries its token ids too
     # gRPC field path prefix -> the parameter name this client used.
     params: Mapping[str, str] = field(default_factory=dict)
 
@@ -168,7 +169,8 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
             if delay < 0:
                 raise InvalidArgument("stream_options.max_batch_delay_ms", "must not be negative")
             req.stream.max_batch_delay_ms = delay
-    return OpenAIRequest(kind, req, stream, include_usage, logprobs, top, params)
+    token_ids = bool(_bool(body, "return_token_ids"))
+    return OpenAIRequest(kind, req, stream, include_usage, logprobs, top, token_ids, params)
 
 
 def _base_params() -> dict[str, str]:

@@ -47,6 +47,7 @@ class Answer:
         "_finishes",
         "_id",
         "_logprobs",
+        "_ids",
         "_lps",
         "_model",
         "_n",
@@ -54,6 +55,7 @@ class Answer:
         "_offsets",
         "_started",
         "_texts",
+        "_token_ids",
         "_top",
     )
 
@@ -71,6 +73,8 @@ class Answer:
         self._texts: list[list[str]] = [[] for _ in range(n)]
         self._finishes: list[dict[str, Any]] = [{} for _ in range(n)]
         self._lps: list[list[TokenLogprob]] = [[] for _ in range(n)]  # whole answers only
+        self._token_ids = parsed.token_ids
+        self._ids: list[list[int]] = [[] for _ in range(n)]  # whole answers only
 
     # --- streaming ---------------------------------------------------------------
 
@@ -127,6 +131,8 @@ class Answer:
             else:
                 choice["text"] = text
             choice["logprobs"] = self._logprobs_body(self._lps[i], 0) if self._logprobs else None
+            if self._token_ids:
+                choice["token_ids"] = self._ids[i]
             choice.update(self._finishes[i] or {"finish_reason": None})
             choices.append(choice)
         body["choices"] = choices
@@ -149,6 +155,8 @@ class Answer:
                 choice["delta"] = {"content": text} if text else {}
             else:
                 choice["text"] = text
+            if self._token_ids:
+                choice["token_ids"] = [t for d in deltas for t in d.token_ids]
             if self._logprobs:
                 lps = [lp for d in deltas for lp in d.logprobs]
                 choice["logprobs"] = self._logprobs_body(lps, self._offsets[index])
@@ -156,6 +164,8 @@ class Answer:
                 choice["logprobs"] = None
         else:
             self._texts[index].append(text)
+            if self._token_ids:
+                self._ids[index].extend(t for d in deltas for t in d.token_ids)
             if self._logprobs:
                 self._lps[index].extend(lp for d in deltas for lp in d.logprobs)
         self._offsets[index] += len(text)
