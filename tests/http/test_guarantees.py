@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 
 import openai
@@ -265,3 +266,22 @@ async def test_health_is_503_with_the_reason_when_the_engine_cannot_serve(
         assert status == 503
     finally:
         http_server.engine._closed = False  # type: ignore[attr-defined]
+
+
+async def test_tls_files_are_read_again_when_they_change(
+    make_http_server: HttpServerFactory, pki: dict[str, Path], tmp_path: Path
+) -> None:
+    server = await make_http_server(tls_cert=pki["server.pem"], tls_key=pki["server.key"])
+    url = f"https://127.0.0.1:{server.http_port}/health"
+    assert (await _curl("--cacert", str(pki["server-ca.pem"]), url))[0] == 0
+    new_ca = trustme.CA()
+    cert = new_ca.issue_cert("localhost", "127.0.0.1")
+    cert.private_key_pem.write_to_path(str(pki["server.key"]))
+    cert.cert_chain_pems[0].write_to_path(str(pki["server.pem"]))
+    stamp = os.stat(pki["server.pem"]).st_mtime_ns + 10**9  # a visibly newer file
+    for path in (pki["server.pem"], pki["server.key"]):
+        os.utime(path, ns=(stamp, stamp))
+    new_ca.cert_pem.write_to_path(str(tmp_path / "new-ca.pem"))
+    code, out = await _curl("--cacert", str(tmp_path / "new-ca.pem"), url)
+    assert code == 0, out  # the next connection's handshake used the new certificate
+    assert (await _curl("--cacert", str(pki["server-ca.pem"]), url))[0] != 0
