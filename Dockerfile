@@ -42,7 +42,8 @@ ENV HOME=/tmp \
     TOKENWIRE_HOST=0.0.0.0 \
     TOKENWIRE_ENGINE=tensorrt-llm
 
-# gRPC, Prometheus /metrics, and the plaintext health port the chart opens
-# (TOKENWIRE_HEALTH_PORT) when TLS or API keys are on.
-EXPOSE 50051 9464 8081
+# gRPC, Prometheus /metrics, the plaintext health port the chart opens
+# (TOKENWIRE_HEALTH_PORT) when TLS or API keys are on, and the HTTP front door
+# (TOKENWIRE_HTTP_PORT: OpenAI API, /health, /metrics).
+EXPOSE 50051 9464 8081 8000
 ENTRYPOINT ["tini", "--", "tokenwire-server"]

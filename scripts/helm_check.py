@@ -8,7 +8,10 @@ For the chart's defaults and every ``helm/tokenwire/ci/*-values.yaml``:
 3. assert what the chart promises: gRPC probes on grpc.health.v1 (on the
    plaintext health port when TLS or API keys are on), a termination grace
    above the server's drain, TLS and key files mounted read-only with the
-   TOKENWIRE_* variable pointing at them, GPU limits, only documented settings.
+   TOKENWIRE_* variable pointing at them, GPU limits, only documented settings,
+   the HTTP front door's port on the container, the Services and the
+   NetworkPolicy exactly when ``http.enabled`` (and ``TOKENWIRE_HTTP=false``
+   when not), and install notes that stream from each door.
 
 Then one checkov scan over all the renders (skips justified in
 ``helm/.checkov.yaml``), and values the chart must refuse are refused.
@@ -23,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import helm_python as helm
 import kubernetes_validate.utils as kv  # type: ignore[import-untyped]
@@ -40,7 +43,7 @@ GRPC_SERVICE = "tokenwire.v1.GenerationService"
 Manifest = dict[str, Any]
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     raise SystemExit(f"helm-check: {message}")
 
 
@@ -65,16 +68,16 @@ def lint(name: str, values: dict[str, Any]) -> None:
     check(not problems, f"{name}: helm lint --strict: {problems}")
 
 
-def render(chart: helm.Chart, name: str, values: dict[str, Any]) -> list[Manifest]:
-    """Render, write each template to build/helm-check/<set>/, parse the manifests."""
+def render(chart: helm.Chart, name: str, values: dict[str, Any]) -> tuple[list[Manifest], str]:
+    """Render, write each template to build/helm-check/<set>/; the manifests and the notes."""
     rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     folder = OUT / name
     folder.mkdir(parents=True)
     manifests: list[Manifest] = []
+    notes = ""
     for template, text in sorted(rendered.items()):
         if template.endswith("NOTES.txt"):
-            walkthrough = ("port-forward", "Health/Check", "GenerationService/Generate")
-            check(all(w in text for w in walkthrough), f"{name}: NOTES.txt lacks the grpcurl steps")
+            notes = text
             continue
         if not text.strip():
             continue
@@ -82,7 +85,29 @@ def render(chart: helm.Chart, name: str, values: dict[str, Any]) -> list[Manifes
         for document in re.split(r"^---\s*$", text, flags=re.MULTILINE):
             if document.strip():
                 manifests.append(helm.values_from_yaml(document))
-    return manifests
+    return manifests, notes
+
+
+def check_notes(name: str, v: dict[str, Any], notes: str) -> None:
+    """The install notes walk through each open door with the flags the values need."""
+    walkthrough = ("port-forward", "Health/Check", "GenerationService/Generate")
+    check(all(w in notes for w in walkthrough), f"{name}: NOTES.txt lacks the grpcurl steps")
+    chat = "/v1/chat/completions"
+    if not v["http"]["enabled"]:
+        check(chat not in notes, f"{name}: NOTES.txt shows an HTTP door that is off")
+        return
+    curl = notes[notes.index("curl -N ") :].split("\n\n")[0] if "curl -N " in notes else ""
+    forward = f"port-forward service/{RELEASE}-tokenwire 8000:{v['service']['httpPort']}"
+    check(forward in notes, f"{name}: NOTES.txt does not forward the HTTP port")
+    check(chat in curl and '"stream": true' in curl, f"{name}: NOTES.txt lacks the curl stream")
+    check(
+        ("Authorization: Bearer" in curl) == v["auth"]["enabled"],
+        f"{name}: the curl example sends an API key exactly when keys are on",
+    )
+    check(
+        ("https://" in curl and "--cacert" in curl) == v["tls"]["enabled"],
+        f"{name}: the curl example speaks HTTPS exactly when TLS is on",
+    )
 
 
 def validate(name: str, manifest: Manifest) -> None:
@@ -213,6 +238,44 @@ def check_properties(name: str, v: dict[str, Any], manifests: list[Manifest]) ->
     headless = [m for m in manifests if m["kind"] == "Service" and "clusterIP" in m["spec"]]
     check(len(headless) == int(v["service"]["headless"]["enabled"]), f"{name}: headless")
 
+    # The HTTP front door: a named port on the container and the Services, and
+    # its variables, exactly when http.enabled; the server is told when it is off.
+    container_ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    check(
+        len(set(container_ports.values())) == len(server["ports"]),
+        f"{name}: two container ports share a number: {container_ports}",
+    )
+    policies = [m for m in manifests if m["kind"] == "NetworkPolicy"]
+    policy_ports = [
+        [p["port"] for p in rule["ports"]] for pol in policies for rule in pol["spec"]["ingress"]
+    ]
+    if v["http"]["enabled"]:
+        check(container_ports.get("http") == v["http"]["port"], f"{name}: no http containerPort")
+        check(env.get("TOKENWIRE_HTTP") == "true", f"{name}: TOKENWIRE_HTTP is not true")
+        check(
+            env.get("TOKENWIRE_HTTP_PORT") == str(v["http"]["port"]),
+            f"{name}: TOKENWIRE_HTTP_PORT is not http.port",
+        )
+        scheme = "https" if v["tls"]["enabled"] else "http"
+        for svc in [service, *headless]:
+            http = next((p for p in svc["spec"]["ports"] if p["name"] == "http"), None)
+            title = f"{name}: Service {svc['metadata']['name']}"
+            if http is None:
+                fail(f"{title} has no http port")
+            check(http["port"] == v["service"]["httpPort"], f"{title}: http port number")
+            check(http["targetPort"] == "http", f"{title}: http targets {http['targetPort']}")
+            protocol = v["service"]["httpAppProtocol"] or scheme
+            check(http["appProtocol"] == protocol, f"{title}: http appProtocol {http}")
+        check(not policies or ["http"] in policy_ports, f"{name}: NetworkPolicy shuts http")
+    else:
+        check("http" not in container_ports, f"{name}: http containerPort with http off")
+        check(env.get("TOKENWIRE_HTTP") == "false", f"{name}: http off needs TOKENWIRE_HTTP=false")
+        check("TOKENWIRE_HTTP_PORT" not in env, f"{name}: TOKENWIRE_HTTP_PORT with http off")
+        for svc in [service, *headless]:
+            names = [p["name"] for p in svc["spec"]["ports"]]
+            check("http" not in names, f"{name}: {svc['metadata']['name']} has http, http off")
+        check(all("http" not in ps for ps in policy_ports), f"{name}: NetworkPolicy http port")
+
     # Autoscaling replaces the replica count.
     hpas = [m for m in manifests if m["kind"] == "HorizontalPodAutoscaler"]
     check(len(hpas) == int(v["autoscaling"]["enabled"]), f"{name}: HPA")
@@ -241,6 +304,9 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("tensorrt-llm without GPUs", {"engine": {"kind": "tensorrt-llm"}}, "gpu.count"),
     ("TLS without a secret", {"tls": {"enabled": True}}, "tls.secretName"),
     ("keys without a secret", {"auth": {"enabled": True}}, "auth.existingSecret"),
+    ("HTTP on the gRPC port", {"http": {"port": 50051}}, "http.port must differ"),
+    ("HTTP on the metrics port", {"http": {"port": 9464}}, "http.port must differ"),
+    ("HTTP port out of range", {"http": {"port": 0}}, "/http/port"),
     (
         "mutual TLS test without a client certificate",
         {"tls": {"enabled": True, "secretName": "s", "clientCASecretName": "ca"}},
@@ -285,6 +351,7 @@ def check_images(defaults: dict[str, Any]) -> None:
     """The images (hadolint lints them) run as the chart's uid, expose its ports."""
     uid = defaults["securityContext"]["runAsUser"]
     ports = {defaults["server"][key] for key in ("port", "metricsPort", "healthPort")}
+    ports.add(defaults["http"]["port"])
     for name in ("Dockerfile", "Dockerfile.cpu"):
         text = (ROOT / name).read_text()
         check(f"\nUSER {uid}:{uid}\n" in text, f"{name}: USER is not the chart's runAsUser {uid}")
@@ -318,10 +385,12 @@ def main() -> None:
     with helm.Chart.load(CHART) as chart:
         for name, values in sets.items():
             lint(name, values)
-            manifests = render(chart, name, values)
+            manifests, notes = render(chart, name, values)
             for manifest in manifests:
                 validate(name, manifest)
-            check_properties(name, chart.merge_values(values), manifests)
+            merged = chart.merge_values(values)
+            check_properties(name, merged, manifests)
+            check_notes(name, merged, notes)
             print(f"helm-check: {name}: lint, {len(manifests)} manifests valid, properties hold")
         check_refusals(chart)
         check_images(chart.values)

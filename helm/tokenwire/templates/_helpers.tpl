@@ -126,6 +126,14 @@ appProtocol of the gRPC Service port.
 {{- end }}
 
 {{/*
+appProtocol of the HTTP Service port: the HTTP door serves HTTPS with the
+gRPC port's TLS files.
+*/}}
+{{- define "tokenwire.httpAppProtocol" -}}
+{{- default (ternary "https" "http" .Values.tls.enabled) .Values.service.httpAppProtocol }}
+{{- end }}
+
+{{/*
 Combinations of values the schema cannot rule out; rendering fails with a reason.
 */}}
 {{- define "tokenwire.validate" -}}
@@ -166,5 +174,14 @@ Combinations of values the schema cannot rule out; rendering fails with a reason
 {{- end }}
 {{- if and (include "tokenwire.guarded" .) (eq (int .Values.server.healthPort) (int .Values.server.port)) }}
 {{- fail "server.healthPort must differ from server.port" }}
+{{- end }}
+{{- if .Values.http.enabled }}
+{{- $taken := list (int .Values.server.port) (int .Values.server.metricsPort) }}
+{{- if include "tokenwire.guarded" . }}
+{{- $taken = append $taken (int .Values.server.healthPort) }}
+{{- end }}
+{{- if has (int .Values.http.port) $taken }}
+{{- fail "http.port must differ from server.port, server.metricsPort and server.healthPort" }}
+{{- end }}
 {{- end }}
 {{- end }}
