@@ -6,7 +6,8 @@
 Processes (all on 127.0.0.1, each its own interpreter, sharing the machine's cores):
 
     orchestrator (cli.py, scenarios.py)   starts servers, samples their RSS, writes the report
-    ├── tokenwire-server                  the system under test, simulated engine
+    ├── tokenwire-server                  the system under test, simulated engine: its gRPC door
+    ├── tokenwire-server                  the same, measured on its HTTP door (SSE): "http"
     ├── bare_grpc.py                      baseline (a): the bare grpc.aio transport ceiling
     ├── sse_peer.py                       baseline (b): FastAPI SSE, as vLLM / trtllm-serve stream
     ├── worker.py                         the load generator (grpc.aio and aiohttp on uvloop)

@@ -3,7 +3,8 @@
 Both run one stream to its end and hand every token-carrying message to a
 ``Sink`` with its arrival time; both parse what they receive (protobuf, JSON),
 as real clients must. The per-message work on the client side is the same: a
-clock read and a call.
+clock read and a call. The SSE client serves both SSE servers, the FastAPI peer
+and tokenwire's HTTP door, with the same request body.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Sink(Protocol):
 
 GenerateCall = grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse]
 Opened = Callable[[int], None]  # told the tokens read once a held stream is open
+Cancel = Callable[[], object]  # ends an open stream from the client's side, at once
 
 
 class Client(Protocol):
@@ -44,6 +46,11 @@ class Client(Protocol):
     ) -> None:
         """Open a stream, read its first tokens if asked, tell ``opened`` how many, then
         read nothing more until ``release``; the stream is cancelled on the way out."""
+        ...
+
+    async def first_token(self, spec: StreamSpec) -> Cancel:
+        """Open a stream and read up to its first token; return what cancels it (a gRPC
+        cancel, or closing the HTTP connection). Cancelled or failed, it cleans up."""
         ...
 
     async def close(self) -> None: ...
@@ -77,6 +84,15 @@ class GrpcClient:
     def open(self, spec: StreamSpec) -> GenerateCall:
         return self.stub.Generate(grpc_request(spec), timeout=STREAM_TIMEOUT_S)
 
+    async def first_token(self, spec: StreamSpec) -> Cancel:
+        call = self.open(spec)
+        try:
+            await call.read()
+        except BaseException:
+            call.cancel()
+            raise
+        return call.cancel
+
     async def hold(
         self, spec: StreamSpec, read_first: bool, opened: Opened, release: asyncio.Event
     ) -> None:
@@ -99,7 +115,8 @@ class GrpcClient:
 
 
 class SseClient:
-    """The SSE peer: aiohttp, one HTTP/1.1 connection per live stream (as browsers and SDKs do)."""
+    """The SSE peer and tokenwire's HTTP door: aiohttp, one HTTP/1.1 connection per live
+    stream (as browsers and SDKs do)."""
 
     def __init__(self, target: Target) -> None:
         self.url = f"http://{target.address}/v1/chat/completions"
@@ -110,13 +127,20 @@ class SseClient:
 
     @staticmethod
     def body(spec: StreamSpec) -> dict[str, object]:
+        # return_token_ids: tokenwire's door then puts each chunk's ids beside its text,
+        # as the peer always does (its request model ignores the field), so that both
+        # events carry what a gRPC message carries and the client counts tokens alike.
+        options: dict[str, object] = {"include_usage": True}
+        if spec.step != 1:
+            options["streaming_step"] = spec.step  # the peer streams at step 1 only
         return {
             "model": "tokenwire-sim",
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": spec.max_tokens,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream_options": options,
             "ignore_eos": True,
+            "return_token_ids": True,
         }
 
     async def run_stream(self, spec: StreamSpec, sink: Sink) -> None:
@@ -150,13 +174,34 @@ class SseClient:
         finally:
             response.close()
 
+    async def first_token(self, spec: StreamSpec) -> Cancel:
+        response = await self.session.post(self.url, json=self.body(spec))
+        try:
+            response.raise_for_status()
+            while not _event_tokens(await response.content.readuntil(b"\n\n")):
+                pass
+        except BaseException:
+            response.close()
+            raise
+        return response.close  # the connection closes: the server sees the client leave
+
     async def close(self) -> None:
         await self.session.close()
 
 
 def _event_tokens(event: bytes) -> int:
-    """Tokens in one ``data: {chunk}`` event (0 for the role and usage chunks)."""
-    chunk = json.loads(event[6:])
+    """Tokens in one ``data: {chunk}`` event (0 for the role and usage chunks).
+
+    Comment lines (tokenwire's ``: keepalive``) may come before the data; an error event
+    or the end of the stream is a ValueError or an EOFError, which the load counts."""
+    if not event:
+        raise EOFError("the stream ended before [DONE]")
+    start = event.find(b"data: ")
+    if start < 0:
+        return 0
+    chunk = json.loads(event[start + 6 :])
+    if "error" in chunk:
+        raise ValueError(f"error event: {chunk['error']}")
     choices = chunk["choices"]
     if not choices:
         return 0
@@ -164,4 +209,4 @@ def _event_tokens(event: bytes) -> int:
 
 
 def make_client(target: Target) -> Client:
-    return SseClient(target) if target.kind == "sse" else GrpcClient(target)
+    return SseClient(target) if target.kind in ("sse", "http") else GrpcClient(target)

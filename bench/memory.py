@@ -41,8 +41,10 @@ def _completion_tokens(server: ServerProcess) -> float:
 
 def idle_streams(sizes: Sizes, worker: Worker) -> dict[ServerKind, tuple[float, float]]:
     """Per server: (RSS before, in MB; KB per idle open stream)."""
+    tokenwire = [f"--sim-ttft-ms={IDLE_TTFT_MS}", *MANY]
     flags: dict[ServerKind, list[str]] = {
-        "tokenwire": [f"--sim-ttft-ms={IDLE_TTFT_MS}", *MANY],
+        "tokenwire": tokenwire,
+        "http": tokenwire,
         "bare": [f"--ttft-ms={IDLE_TTFT_MS}"],
         "sse": [f"--ttft-ms={IDLE_TTFT_MS}"],
     }
@@ -78,15 +80,17 @@ def idle_streams(sizes: Sizes, worker: Worker) -> dict[ServerKind, tuple[float, 
 
 def slow_readers(sizes: Sizes) -> dict[ServerKind, MemorySummary]:
     """Readers that take one message and stop (their process SIGSTOPped) on a fast engine."""
+    tokenwire = [
+        "--sim-ttft-ms=0",
+        "--sim-itl-ms=0",
+        "--stall-timeout-s=600",
+        f"--max-tokens-limit={SLOW_MAX_TOKENS}",
+        f"--sim-max-context={2 * SLOW_MAX_TOKENS}",
+        *MANY,
+    ]
     flags: dict[ServerKind, list[str]] = {
-        "tokenwire": [
-            "--sim-ttft-ms=0",
-            "--sim-itl-ms=0",
-            "--stall-timeout-s=600",
-            f"--max-tokens-limit={SLOW_MAX_TOKENS}",
-            f"--sim-max-context={2 * SLOW_MAX_TOKENS}",
-            *MANY,
-        ],
+        "tokenwire": tokenwire,
+        "http": tokenwire,
         "bare": [],
         "sse": ["--ttft-ms=0", "--itl-ms=0"],
     }

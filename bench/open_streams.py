@@ -12,7 +12,7 @@ import time
 
 import aiohttp
 
-from .clients import Client, GrpcClient
+from .clients import Cancel, Client
 from .load import stop_tasks
 from .records import CancelSample, HoldResult, StreamSpec, Target
 
@@ -27,23 +27,18 @@ async def _scrape(session: aiohttp.ClientSession, url: str, pattern: re.Pattern[
 
 
 async def cancel_rounds(
-    client: GrpcClient, target: Target, spec: StreamSpec, rounds: int, streams: int
+    client: Client, target: Target, spec: StreamSpec, rounds: int, streams: int
 ) -> CancelSample:
-    """Open ``streams`` streams, wait for a token on each, cancel them all at once, then
-    poll /metrics as fast as it answers until the engine has nothing in flight."""
+    """Open ``streams`` streams, wait for a token on each, cancel them all at once (a gRPC
+    cancel, or the HTTP connection closed), then poll /metrics as fast as it answers until
+    the engine has nothing in flight."""
     assert target.metrics_url is not None
     sample = CancelSample()
     connector = aiohttp.TCPConnector(force_close=True)  # the metrics server closes anyway
     async with aiohttp.ClientSession(connector=connector) as session:
         for _ in range(rounds):
-            calls = [client.open(spec) for _ in range(streams)]
-            try:
-                await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 10.0)
-            finally:
-                for call in calls:
-                    call.cancel()
+            sample.cancelled += await _open_then_cancel(client, spec, streams)
             last_cancel = time.perf_counter()
-            sample.cancelled += len(calls)
             idle = None
             while time.perf_counter() - last_cancel < 2.0:
                 asked = time.perf_counter()
@@ -59,6 +54,25 @@ async def cancel_rounds(
                 sample.idle_s.append(idle)
             await asyncio.sleep(0.05)  # let the server finish the cancelled calls' endings
     return sample
+
+
+async def _open_then_cancel(client: Client, spec: StreamSpec, streams: int) -> int:
+    """One round: ``streams`` streams each read up to a token, then all cancelled at once."""
+    cancels: list[Cancel] = []
+
+    async def open_one() -> None:
+        cancels.append(await client.first_token(spec))
+
+    try:
+        # A failure or the timeout cancels the openings still under way, and each of
+        # those ends its own stream; the streams already open are ended here.
+        async with asyncio.timeout(10.0), asyncio.TaskGroup() as group:
+            for _ in range(streams):
+                group.create_task(open_one())
+    finally:
+        for cancel in cancels:
+            cancel()
+    return len(cancels)
 
 
 class Holder:
@@ -87,8 +101,9 @@ class Holder:
                 asyncio.create_task(client.hold(spec, read_first, on_open, self.release))
             )
         await asyncio.wait_for(done.wait(), 60.0)
-        if target.kind == "tokenwire" and not read_first:
-            # tokenwire sends headers with the first token: ask its metrics instead.
+        if target.metrics_url is not None and not read_first:
+            # tokenwire's gRPC door sends headers with the first token, and an open HTTP
+            # answer is not yet a stream in the engine's books: ask its metrics instead.
             await _wait_metric(target, _STREAMS_ACTIVE, n)
         return HoldResult(opened=opened, tokens_read=self.tokens_read)
 

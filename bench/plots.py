@@ -15,11 +15,12 @@ from .records import ServerKind
 from .summary import SERIES, LatencySummary, SaturationPoint
 
 _LABELS: dict[ServerKind, str] = {
-    "tokenwire": "tokenwire",
+    "tokenwire": "tokenwire gRPC",
+    "http": "tokenwire HTTP SSE",
     "bare": "bare grpc.aio (ceiling)",
     "sse": "FastAPI SSE peer",
 }
-_COLORS: dict[ServerKind, str] = {"tokenwire": "C0", "bare": "C2", "sse": "C3"}
+_COLORS: dict[ServerKind, str] = {"tokenwire": "C0", "http": "C1", "bare": "C2", "sse": "C3"}
 
 
 def throughput(points: Sequence[SaturationPoint], path: Path) -> None:

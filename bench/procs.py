@@ -1,6 +1,6 @@
 """The orchestrator's processes: servers (tokenwire and the two baselines) and load generators.
 
-    with servers({"tokenwire": [...flags], "bare": [...], "sse": [...]}) as running:
+    with servers({"tokenwire": [...flags], "http": [...], "bare": [...], "sse": [...]}) as running:
         with Worker() as worker:
             worker.call("saturate", timeout=30, target=running["bare"].target, ...)
 
@@ -33,8 +33,12 @@ from .records import ServerKind, Target
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 60.0
+TOKENWIRE_KINDS: tuple[ServerKind, ...] = ("tokenwire", "http")
+"""Both are a tokenwire-server process of their own; "http" is measured on its HTTP door."""
 _BOUND = {
     "tokenwire": re.compile(r" on (\S+):(\d+), metrics"),
+    # The gRPC line comes first; the HTTP door's follows it.
+    "http": re.compile(r"tokenwire HTTP on (\S+):(\d+)"),
     "bare": re.compile(r"listening on (\S+):(\d+)"),
     "sse": re.compile(r"listening on (\S+):(\d+)"),
 }
@@ -102,7 +106,7 @@ class ServerProcess:
 
 
 def _command(kind: ServerKind, flags: Sequence[str], metrics_port: int) -> list[str]:
-    if kind == "tokenwire":
+    if kind in TOKENWIRE_KINDS:
         return [
             str(BIN / "tokenwire-server"),
             "--port=0",
@@ -133,7 +137,7 @@ def servers(
                 env=_clean_env(),
             )
             running[kind] = ServerProcess(kind, process)
-            if kind == "tokenwire":
+            if kind in TOKENWIRE_KINDS:
                 running[kind].metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         deadline = time.monotonic() + START_TIMEOUT_S
         for server in running.values():

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ServerKind = Literal["tokenwire", "bare", "sse"]
+ServerKind = Literal["tokenwire", "http", "bare", "sse"]
+"""tokenwire over gRPC, tokenwire's HTTP door (SSE), and the two baselines."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +20,7 @@ class Target:
     kind: ServerKind
     address: str  # host:port
     pid: int
-    metrics_url: str | None = None  # tokenwire only
+    metrics_url: str | None = None  # tokenwire and http only
 
 
 @dataclass(frozen=True, slots=True)

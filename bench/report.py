@@ -47,7 +47,7 @@ class Results:
     samples: list[SaturationSample]
     points: list[SaturationPoint]
     latency: dict[ServerKind, LatencySummary]
-    cancel: CancelSummary
+    cancel: dict[ServerKind, CancelSummary]
     memory: dict[ServerKind, MemorySummary]
     targets: list[TargetRow]
 
@@ -83,7 +83,7 @@ def write(results: Results, out: Path) -> dict[str, Path]:
             "samples": [asdict(s) for s in results.samples],
         },
         "latency": {k: asdict(v) for k, v in results.latency.items()},
-        "cancellation": asdict(results.cancel),
+        "cancellation": {k: asdict(v) for k, v in results.cancel.items()},
         "memory": {k: asdict(v) for k, v in results.memory.items()},
         "targets": [asdict(t) for t in results.targets],
     }
@@ -173,24 +173,10 @@ def markdown(r: Results, paths: Mapping[str, Path]) -> str:
         "the window; others' CPU is everything else the machine ran meanwhile (other work on "
         "a shared machine shows up here first).",
     ]
-    c = r.cancel
-    abort = (
-        f"p50 {_f(c.abort_p50_ms, '.2f')} ms, p99 {_f(c.abort_p99_ms, '.2f')} ms over "
-        f"{c.abort_count:.0f} aborts (interpolated within the histogram's buckets)"
-        if c.abort_histogram
-        else "n/a: this server does not export `tokenwire_abort_latency_seconds` yet"
-    )
+    parts += ["", "## Cancellation", ""]
+    for c in r.cancel.values():
+        parts += _cancellation(c)
     parts += [
-        "",
-        "## Cancellation",
-        "",
-        f"- {c.rounds} rounds of {c.streams_per_round} streams, {c.cancelled} cancels; "
-        f'`tokenwire_aborts_total{{reason="cancelled"}}` rose by {c.aborts_counted:.0f}.',
-        f"- Server, from learning of the cancel to `abort()` returning: {abort}.",
-        f"- Client, from its last cancel of a round to `tokenwire_engine_requests_in_flight` "
-        f"read as 0: p50 {_f(c.idle_p50_ms, '.1f')} ms, p99 {_f(c.idle_p99_ms, '.1f')} ms, "
-        f"worst {_f(c.idle_max_ms, '.1f')} ms; {c.idle_timeouts} rounds not idle within 2 s. "
-        f"Each poll of /metrics took {_f(c.scrape_p50_ms, '.1f')} ms (median): the resolution.",
         "",
         "## Memory",
         "",
@@ -206,6 +192,31 @@ def markdown(r: Results, paths: Mapping[str, Path]) -> str:
         )
     parts += ["", f"Raw figures: [{paths['json'].name}]({paths['json'].name}).", ""]
     return "\n".join(parts)
+
+
+_CANCEL_HOW: dict[ServerKind, tuple[str, str]] = {
+    "tokenwire": ("gRPC", "cancels"),
+    "http": ("HTTP SSE", "closed connections"),
+}
+
+
+def _cancellation(c: CancelSummary) -> list[str]:
+    door, how = _CANCEL_HOW.get(c.server, (c.server, "cancels"))
+    abort = (
+        f"p50 {_f(c.abort_p50_ms, '.2f')} ms, p99 {_f(c.abort_p99_ms, '.2f')} ms over "
+        f"{c.abort_count:.0f} aborts (interpolated within the histogram's buckets)"
+        if c.abort_histogram
+        else "n/a: this server does not export `tokenwire_abort_latency_seconds` yet"
+    )
+    return [
+        f"- {door}: {c.rounds} rounds of {c.streams_per_round} streams, {c.cancelled} {how}; "
+        f'`tokenwire_aborts_total{{reason="cancelled"}}` rose by {c.aborts_counted:.0f}.',
+        f"  - Server, from learning of the cancel to `abort()` returning: {abort}.",
+        f"  - Client, from its last cancel of a round to `tokenwire_engine_requests_in_flight` "
+        f"read as 0: p50 {_f(c.idle_p50_ms, '.1f')} ms, p99 {_f(c.idle_p99_ms, '.1f')} ms, "
+        f"worst {_f(c.idle_max_ms, '.1f')} ms; {c.idle_timeouts} rounds not idle within 2 s. "
+        f"Each poll of /metrics took {_f(c.scrape_p50_ms, '.1f')} ms (median): the resolution.",
+    ]
 
 
 def _saturation_table(points: Sequence[SaturationPoint]) -> str:
@@ -237,12 +248,15 @@ def _saturation_table(points: Sequence[SaturationPoint]) -> str:
 
 
 METHOD = """\
-- One machine, loopback only. The servers (tokenwire on its simulated engine, the bare
-  grpc.aio ceiling, the FastAPI SSE peer), the load generator and the orchestrator are
-  separate processes sharing the same cores: the load generator's CPU is taken from the
-  servers' budget, so absolute figures are lower than with a client on another machine.
-  The three servers run side by side and are measured point by point in turn (the order
-  rotates every repetition), so that noise from other work on the machine falls on all.
+- One machine, loopback only. The servers (tokenwire on its simulated engine, twice: one
+  measured on its gRPC door, one on its HTTP door's SSE, "http"; the bare grpc.aio
+  ceiling; the FastAPI SSE peer), the load generator and the orchestrator are separate
+  processes sharing the same cores: the load generator's CPU is taken from the servers'
+  budget, so absolute figures are lower than with a client on another machine. The four
+  servers run side by side and are measured point by point in turn (the order rotates
+  every repetition), so that noise from other work on the machine falls on all. Both SSE
+  servers get the same request (`return_token_ids`, `include_usage`, and tokenwire's
+  `stream_options.streaming_step` at step 4), one HTTP/1.1 connection per stream.
 - Every figure is the median of {reps} repetitions. Saturation: {window:.1f} s windows after
   {warmup:.1f} s of warmup, closed loop (a finished stream is replaced at once), streams of
   {max_tokens} tokens, `--sim-itl-ms 0`. Server CPU is the server process's user + system time
@@ -255,9 +269,10 @@ METHOD = """\
   in whole milliseconds; the bare baseline sleeps on the same timers), the server's stream
   path, the trip back and the client's decoding. Per-token figures leave out the first
   token, which is the TTFT figure.
-- Cancellation (tokenwire, at the latency settings): {rounds} rounds of {cancel_streams}
-  streams; each waits for a token on every stream, cancels them all, then polls /metrics
-  until `tokenwire_engine_requests_in_flight` is 0.
+- Cancellation (tokenwire's two doors, at the latency settings): {rounds} rounds of
+  {cancel_streams} streams; each waits for a token on every stream, cancels them all (gRPC
+  cancels; on HTTP, the client closes each stream's connection), then polls /metrics until
+  `tokenwire_engine_requests_in_flight` is 0.
 - Memory: fresh servers. RSS with {idle} streams open on an engine that never answers
   (`--sim-ttft-ms 600000`), minus RSS before; and RSS sampled every 0.1 s for {slow_s:.1f} s
   while {slow} readers that took one message are stopped (SIGSTOP) on a fast engine

@@ -2,7 +2,9 @@
 
 The baselines run in the same scenario as tokenwire, on the same engine settings,
 interleaved point by point (the order rotates every repetition), so that noise
-from anything else on the machine falls on all of them alike.
+from anything else on the machine falls on all of them alike. tokenwire runs
+twice: one server measured on its gRPC door ("tokenwire"), another, started with
+the same flags, on its HTTP door ("http").
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from . import promtext
-from .procs import ServerProcess, Worker, servers
+from .procs import TOKENWIRE_KINDS, ServerProcess, Worker, servers
 from .records import (
     CancelSample,
     LatencySample,
@@ -27,7 +29,7 @@ from .stats import median, quantile
 from .summary import SERIES, CancelSummary, LatencySummary, latency_summary
 
 MANY = ["--max-concurrent-requests=4096", "--max-queue=4096"]  # no admission limit in the way
-KINDS: tuple[ServerKind, ...] = ("tokenwire", "bare", "sse")
+KINDS: tuple[ServerKind, ...] = ("tokenwire", "http", "bare", "sse")
 T = TypeVar("T")
 
 
@@ -58,8 +60,10 @@ def wait_idle(server: ServerProcess, within: float = 10.0) -> None:
 
 
 def saturation(sizes: Sizes, worker: Worker) -> list[SaturationSample]:
+    tokenwire = ["--sim-ttft-ms=0", "--sim-itl-ms=0", *MANY]
     flags: dict[ServerKind, list[str]] = {
-        "tokenwire": ["--sim-ttft-ms=0", "--sim-itl-ms=0", *MANY],
+        "tokenwire": tokenwire,
+        "http": tokenwire,
         "bare": [],
         "sse": ["--ttft-ms=0", "--itl-ms=0"],
     }
@@ -102,10 +106,12 @@ def _us(cpu_s: float, count: int) -> float:
 
 def latency_and_cancellation(
     sizes: Sizes, worker: Worker
-) -> tuple[dict[ServerKind, LatencySummary], CancelSummary]:
+) -> tuple[dict[ServerKind, LatencySummary], dict[ServerKind, CancelSummary]]:
     ttft, itl = sizes.latency_ttft_ms, sizes.latency_itl_ms
+    tokenwire = [f"--sim-ttft-ms={ttft}", f"--sim-itl-ms={itl}", *MANY]
     flags: dict[ServerKind, list[str]] = {
-        "tokenwire": [f"--sim-ttft-ms={ttft}", f"--sim-itl-ms={itl}", *MANY],
+        "tokenwire": tokenwire,
+        "http": tokenwire,
         "bare": [f"--ttft-ms={ttft}", f"--itl-ms={itl}"],
         "sse": [f"--ttft-ms={ttft}", f"--itl-ms={itl}"],
     }
@@ -136,7 +142,9 @@ def latency_and_cancellation(
                 )
                 wait_idle(running[kind])
         summaries = {kind: latency_summary(kind, reps[kind]) for kind in KINDS}
-        cancel = cancellation(sizes, worker, running["tokenwire"], spec)
+        cancel = {
+            kind: cancellation(sizes, worker, running[kind], spec) for kind in TOKENWIRE_KINDS
+        }
         worker.call("close", 30.0)
     return summaries, cancel
 
@@ -144,7 +152,8 @@ def latency_and_cancellation(
 def cancellation(
     sizes: Sizes, worker: Worker, server: ServerProcess, spec: StreamSpec
 ) -> CancelSummary:
-    """Rounds of streams cancelled together on tokenwire (at the latency settings)."""
+    """Rounds of streams cancelled together on one of tokenwire's doors (at the latency
+    settings): gRPC cancels, or HTTP clients that close their connections."""
     assert server.metrics_url is not None
     before = promtext.scrape(server.metrics_url)
     samples: list[CancelSample] = []
@@ -160,7 +169,8 @@ def cancellation(
         sample = CancelSample(**raw)
         samples.append(sample)
         log(
-            f"cancellation {rep + 1}/{sizes.repetitions}: engine idle after the last cancel "
+            f"cancellation {rep + 1}/{sizes.repetitions} {server.kind:9}: engine idle after "
+            "the last cancel "
             f"p50 {quantile(sample.idle_s, 0.5) * 1e3:.1f} ms, max "
             f"{max(sample.idle_s, default=math.nan) * 1e3:.1f} ms"
         )
@@ -173,6 +183,7 @@ def cancellation(
     idle = [s for sample in samples for s in sample.idle_s]
     cancelled_label = {"reason": "cancelled"}
     return CancelSummary(
+        server=server.kind,
         rounds=sizes.cancel_rounds * sizes.repetitions,
         streams_per_round=sizes.cancel_streams,
         cancelled=sum(s.cancelled for s in samples),

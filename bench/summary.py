@@ -12,11 +12,14 @@ from .stats import cdf_points, median, quantile
 SERIES: tuple[tuple[ServerKind, int], ...] = (
     ("tokenwire", 1),
     ("tokenwire", 4),
+    ("http", 1),
+    ("http", 4),
     ("bare", 1),
     ("bare", 4),
     ("sse", 1),
 )
-"""Saturation series: the SSE peer streams one event per engine step, so step 1 only."""
+"""Saturation series: the SSE peer streams one event per engine step, so step 1 only;
+tokenwire's HTTP door groups as its gRPC door does (``stream_options.streaming_step``)."""
 
 
 @dataclass(slots=True)
@@ -124,6 +127,7 @@ def latency_summary(server: ServerKind, reps: Sequence[LatencySample]) -> Latenc
 
 @dataclass(slots=True)
 class CancelSummary:
+    server: ServerKind  # tokenwire (gRPC cancels) or http (connections closed)
     rounds: int
     streams_per_round: int
     cancelled: int

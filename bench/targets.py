@@ -14,6 +14,8 @@ from .stats import ratio
 from .summary import CancelSummary, LatencySummary, MemorySummary, SaturationPoint, point
 
 SLOW_READER_BOUND_KB = 1024.0  # RSS growth over the sample; unbounded buffering is MB/s
+HTTP_GROUPING_GOAL = 2.0  # step 4 vs step 1, per server CPU-second, on the HTTP door
+HTTP_LATENCY_GOAL = 1.2  # tokenwire HTTP's added delay per token p99, against the SSE peer's
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +35,7 @@ def _row(name: str, target: str, value: float, ok: bool, measured: str) -> Targe
 def evaluate(
     points: Sequence[SaturationPoint],
     latency: Mapping[ServerKind, LatencySummary],
-    cancel: CancelSummary,
+    cancel: Mapping[ServerKind, CancelSummary],
     memory: Mapping[ServerKind, MemorySummary],
 ) -> list[TargetRow]:
     nan = math.nan
@@ -103,16 +105,58 @@ def evaluate(
                 f"{r:.2f}x ({hi:,.0f} vs {lo:,.0f} tokens/s)",
             )
         )
+    rows += _http_rows(points, latency)
     rows += _latency_rows(latency)
     rows += _cancel_rows(cancel)
     rows += _memory_rows(memory)
     return rows
 
 
+def _http_rows(
+    points: Sequence[SaturationPoint], latency: Mapping[ServerKind, LatencySummary]
+) -> list[TargetRow]:
+    """tokenwire's HTTP door against the SSE peer, the way OpenAI-compatible servers stream."""
+
+    def cpu(server: ServerKind, step: int) -> float:
+        p = point(points, server, step, 128)
+        return p.tokens_per_server_cpu_s if p is not None else math.nan
+
+    http1, http4, sse = cpu("http", 1), cpu("http", 4), cpu("sse", 1)
+    vs_peer, grouping = ratio(http1, sse), ratio(http4, http1)
+    lat_http, lat_sse = latency.get("http"), latency.get("sse")
+    p99_http = lat_http.token_p99_ms if lat_http else math.nan
+    p99_sse = lat_sse.token_p99_ms if lat_sse else math.nan
+    vs_lat = ratio(p99_http, p99_sse)
+    return [
+        _row(
+            "HTTP SSE, 128 streams, step 1: tokens per server CPU-second vs the SSE peer",
+            ">= 1.0x",
+            vs_peer,
+            vs_peer >= 1.0,
+            f"{vs_peer:.2f}x ({http1:,.0f} vs {sse:,.0f})",
+        ),
+        _row(
+            "HTTP SSE, 128 streams: tokens per server CPU-second at step 4 vs step 1",
+            f">= {HTTP_GROUPING_GOAL:.0f}x",
+            grouping,
+            grouping >= HTTP_GROUPING_GOAL,
+            f"{grouping:.2f}x ({http4:,.0f} vs {http1:,.0f})",
+        ),
+        _row(
+            "HTTP SSE, latency: added delay per token p99 vs the SSE peer",
+            f"<= {HTTP_LATENCY_GOAL:.1f}x",
+            vs_lat,
+            vs_lat <= HTTP_LATENCY_GOAL,
+            f"{vs_lat:.2f}x ({p99_http:.2f} vs {p99_sse:.2f} ms)"
+            + (f"; from the first token {lat_http.stream_p99_ms:.2f} ms" if lat_http else ""),
+        ),
+    ]
+
+
 def _beside(latency: Mapping[ServerKind, LatencySummary], attr: str) -> str:
     parts = [
         f"{kind} {getattr(latency[kind], attr):.2f} ms"
-        for kind in ("bare", "sse")
+        for kind in ("http", "bare", "sse")
         if kind in latency
     ]
     return f" ({', '.join(parts)})" if parts else ""
@@ -142,25 +186,44 @@ def _latency_rows(latency: Mapping[ServerKind, LatencySummary]) -> list[TargetRo
     ]
 
 
-def _cancel_rows(cancel: CancelSummary) -> list[TargetRow]:
-    abort = cancel.abort_p99_ms
-    return [
-        _row(
-            "Cancel to engine abort, p99 (server's tokenwire_abort_latency_seconds)",
-            "< 5 ms",
-            abort,
-            abort < 5.0,
-            f"{abort:.2f} ms (p50 {cancel.abort_p50_ms:.2f} ms, {cancel.abort_count:.0f} aborts)",
-        ),
-        _row(
-            "Engine idle after the last cancel of a round (client, worst round)",
-            "< 50 ms",
-            cancel.idle_max_ms,
-            cancel.idle_max_ms < 50.0 and cancel.idle_timeouts == 0,
-            f"{cancel.idle_max_ms:.1f} ms (p50 {cancel.idle_p50_ms:.1f} ms, "
-            f"{cancel.rounds} rounds, polls took {cancel.scrape_p50_ms:.1f} ms)",
-        ),
-    ]
+_CANCEL_NAMES: dict[ServerKind, tuple[str, str]] = {
+    "tokenwire": (
+        "Cancel to engine abort",
+        "Engine idle after the last cancel of a round",
+    ),
+    "http": (
+        "HTTP SSE: client disconnect to engine abort",
+        "HTTP SSE: engine idle after the last disconnect of a round",
+    ),
+}
+
+
+def _cancel_rows(cancels: Mapping[ServerKind, CancelSummary]) -> list[TargetRow]:
+    rows = []
+    for kind, (abort_name, idle_name) in _CANCEL_NAMES.items():
+        cancel = cancels.get(kind)
+        if cancel is None:
+            continue
+        abort = cancel.abort_p99_ms
+        rows += [
+            _row(
+                f"{abort_name}, p99 (server's tokenwire_abort_latency_seconds)",
+                "< 5 ms",
+                abort,
+                abort < 5.0,
+                f"{abort:.2f} ms (p50 {cancel.abort_p50_ms:.2f} ms, "
+                f"{cancel.abort_count:.0f} aborts)",
+            ),
+            _row(
+                f"{idle_name} (client, worst round)",
+                "< 50 ms",
+                cancel.idle_max_ms,
+                cancel.idle_max_ms < 50.0 and cancel.idle_timeouts == 0,
+                f"{cancel.idle_max_ms:.1f} ms (p50 {cancel.idle_p50_ms:.1f} ms, "
+                f"{cancel.rounds} rounds, polls took {cancel.scrape_p50_ms:.1f} ms)",
+            ),
+        ]
+    return rows
 
 
 def _memory_rows(memory: Mapping[ServerKind, MemorySummary]) -> list[TargetRow]:

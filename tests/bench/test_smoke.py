@@ -21,7 +21,8 @@ SECTIONS = (
     "## Cancellation",
     "## Memory",
 )
-SERVERS = {"tokenwire", "bare", "sse"}
+SERVERS = {"tokenwire", "http", "bare", "sse"}
+TOKENWIRE = {"tokenwire", "http"}  # tokenwire's gRPC door, and its HTTP door (SSE)
 
 
 def test_every_scenario_reports(tmp_path: Path) -> None:
@@ -49,7 +50,15 @@ def test_every_scenario_reports(tmp_path: Path) -> None:
 
     data = json.loads((out / f"{date}.json").read_text())
     series = {(p["server"], p["step"]) for p in data["saturation"]["points"]}
-    assert series == {("tokenwire", 1), ("tokenwire", 4), ("bare", 1), ("bare", 4), ("sse", 1)}
+    assert series == {
+        ("tokenwire", 1),
+        ("tokenwire", 4),
+        ("http", 1),
+        ("http", 4),
+        ("bare", 1),
+        ("bare", 4),
+        ("sse", 1),
+    }
     for sample in data["saturation"]["samples"]:
         assert sample["errors"] == 0, sample
         assert sample["tokens"] > 0 and sample["server_cpu_s"] > 0, sample
@@ -57,15 +66,21 @@ def test_every_scenario_reports(tmp_path: Path) -> None:
     for summary in data["latency"].values():
         assert summary["token_samples"] > 0 and summary["ttft_samples"] > 0, summary
         assert summary["errors"] == 0, summary
-    cancel = data["cancellation"]
-    assert cancel["cancelled"] > 0 and cancel["idle_timeouts"] == 0, cancel
-    assert cancel["aborts_counted"] == cancel["cancelled"], cancel
+    assert set(data["cancellation"]) == TOKENWIRE
+    for cancel in data["cancellation"].values():
+        assert cancel["cancelled"] > 0 and cancel["idle_timeouts"] == 0, cancel
+        # Every cancel, a gRPC one or a closed connection, aborted its engine request.
+        assert cancel["aborts_counted"] == cancel["cancelled"], cancel
+        assert cancel["abort_count"] == cancel["cancelled"], cancel
     assert set(data["memory"]) == SERVERS
     for summary in data["memory"].values():
         assert summary["idle_kb_per_stream"] is not None, summary
         assert len(summary["slow_rss_mb"]) >= 3, summary
-    assert data["memory"]["tokenwire"]["slow_tokens_generated"] > 0
-    assert len(data["targets"]) >= 10
+    for kind in TOKENWIRE:
+        assert data["memory"][kind]["slow_tokens_generated"] > 0
+    assert len(data["targets"]) >= 15
+    names = " ".join(t["name"] for t in data["targets"])
+    assert "HTTP SSE, 128 streams, step 1" in names and "client disconnect" in names
     # A target is judged exactly when it was measured: n/a rows carry no verdict.
     for t in data["targets"]:
         assert (t["measured"] == "n/a") == (t["passed"] is None), t
