@@ -285,3 +285,36 @@ async def test_tls_files_are_read_again_when_they_change(
     code, out = await _curl("--cacert", str(tmp_path / "new-ca.pem"), url)
     assert code == 0, out  # the next connection's handshake used the new certificate
     assert (await _curl("--cacert", str(pki["server-ca.pem"]), url))[0] != 0
+
+
+async def test_the_clients_timeout_is_a_deadline_that_aborts_the_engine_request(
+    make_http_server: HttpServerFactory,
+) -> None:
+    # The official SDKs send their timeout as X-Stainless-Timeout: past it nobody reads.
+    server = await make_http_server(sim_itl_ms=10)
+    status, _, raw = await _request(
+        server.http_port, "/v1/chat/completions", LONG, "X-Stainless-Timeout: 0.3\r\n"
+    )
+    assert status == 200  # the stream had started: the deadline ends it in the stream
+    error = json.loads(raw.split(b"data: ")[-2].split(b"\r\n")[0])
+    assert error["error"]["code"] == "deadline_exceeded"
+    await async_wait_for(lambda: server.engine.in_flight() == 0)
+    assert metric(server, "tokenwire_aborts_total", reason="deadline") == 1
+    assert (
+        metric(server, "tokenwire_http_requests_total", route="/v1/chat/completions", status="504")
+        == 1
+    )
+
+
+async def test_a_whole_answer_is_bounded_like_grpc_complete(
+    make_http_server: HttpServerFactory,
+) -> None:
+    server = await make_http_server(max_message_bytes=65536, sim_itl_ms=0)
+    sure = {**CHAT, "max_tokens": 8000, "ignore_eos": True, "logprobs": True, "top_logprobs": 5}
+    status, _, raw = await _request(server.http_port, "/v1/chat/completions", sure)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "max_tokens"
+    grows = {**sure, "stop": ["never said"]}
+    status, _, raw = await _request(server.http_port, "/v1/chat/completions", grows)
+    assert status == 413 and json.loads(raw)["error"]["code"] == "too_large"
+    assert server.engine.in_flight() == 0
+    assert metric(server, "tokenwire_aborts_total", reason="error") == 1

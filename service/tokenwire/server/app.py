@@ -181,7 +181,7 @@ class Server:
             )
             self._http_listener = HttpListener(self.http)
         self._monitor: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._stopping: asyncio.Future[None] | None = None
         self.port = 0
         self.http_port = 0
         self.health_port = 0
@@ -276,9 +276,12 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, refuse new calls, let live ones run up to
         ``grace`` seconds (default: settings), abort the rest, close the engine."""
-        if self._stopping:
-            return
-        self._stopping = True
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+        # A second call waits for the first stop to end (hurry() shortens it).
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self.core.grace_ends_at = time.monotonic() + grace
         if self._monitor is not None:

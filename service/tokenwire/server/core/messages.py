@@ -8,7 +8,14 @@ from collections.abc import Sequence
 
 from tokenwire.v1 import generation_pb2 as pb
 
-from ..engines.base import FinishReason, ModelDescription, SequenceDelta, TokenLogprob
+from ..engines.base import (
+    FinishReason,
+    GenerationHandle,
+    ModelDescription,
+    SequenceDelta,
+    TokenLogprob,
+)
+from .coalescing import Flush
 from .progress import Progress
 from .requests import Limits
 
@@ -72,6 +79,17 @@ def response(
     match = stop_match(last.stop_match)
     if match is not None:
         msg.stop_match.CopyFrom(match)
+    return msg
+
+
+def stream_message(
+    request_id: str, flush: Flush, progress: Progress, handle: GenerationHandle
+) -> pb.GenerateResponse:
+    """A stream's message for one flush; the call's last carries usage and timing."""
+    msg = response(request_id, flush.index, flush.deltas, flush.completion_tokens)
+    if flush.last:
+        msg.usage.CopyFrom(usage(progress, handle.cached_prompt_tokens))
+        msg.timing.CopyFrom(timing(progress))
     return msg
 
 

@@ -88,10 +88,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             flushes = coalescing.flushes(handle, gen.plan.stream, progress, watched)
             async with aclosing(flushes):  # closed at once, also on a cancel
                 async for f in flushes:
-                    msg = messages.response(request_id, f.index, f.deltas, f.completion_tokens)
-                    if f.last:
-                        msg.usage.CopyFrom(messages.usage(progress, handle.cached_prompt_tokens))
-                        msg.timing.CopyFrom(messages.timing(progress))
+                    msg = messages.stream_message(request_id, f, progress, handle)
                     # While a write waits, flow control is holding us back: the
                     # watchdog gives up on a reader that stays stuck.
                     watched.write_since = time.monotonic()

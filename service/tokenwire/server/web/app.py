@@ -30,10 +30,11 @@ from google.protobuf import json_format
 
 from tokenwire.v1 import generation_pb2 as pb
 
-from ..core import coalescing, errors, messages
+from ..core import coalescing, errors, messages, sizes
 from ..core.auth import ApiKeys
 from ..core.lifecycle import Call, Core, Generation
 from ..core.requests import MAX_REQUEST_ID_LENGTH
+from ..core.watchdog import Watched
 from . import asgi, framing, openai_request
 from .asgi import Receive, Scope, Send
 from .openai_request import OpenAIRequest
@@ -105,25 +106,27 @@ class HttpDoor:
         return await self._openai("completion", scope, receive, send)
 
     async def _openai(self, kind: openai_request.Kind, scope: Scope, r: Receive, s: Send) -> int:
-        async def run(call: Call, body: bytes, echo: asgi.Headers, state: _State) -> None:
+        async def run(call: Call, body: bytes, state: _State) -> None:
             try:
                 parsed = openai_request.parse(kind, orjson.loads(body))
             except orjson.JSONDecodeError as error:
                 raise errors.InvalidArgument("body", f"is not valid JSON: {error}") from None
             state.parsed = parsed
             parsed.request.request_id = state.request_id
-            async with self._core.generation(parsed.request, call) as gen:
+            # A whole answer is built in memory: bound it as gRPC's Complete is.
+            limit = None if parsed.stream else self._body_limit
+            async with self._core.generation(parsed.request, call, whole_limit=limit) as gen:
                 model = self._core.engine.description.name
                 answer = Answer(parsed, state.request_id, model, len(gen.progress.counts))
                 if parsed.stream:
-                    await self._sse(s, gen, parsed, answer, echo, state)
+                    await self._sse(s, gen, parsed, answer, state)
                 else:
-                    await self._whole(s, gen, answer, echo)
+                    await self._whole(s, gen, answer, state.echo(), limit or 0)
 
         return await self._generation(scope, r, s, run, framing.SSE_CONTENT_TYPE)
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send) -> int:
-        async def run(call: Call, body: bytes, echo: asgi.Headers, state: _State) -> None:
+        async def run(call: Call, body: bytes, state: _State) -> None:
             request = pb.GenerateRequest()
             try:
                 json_format.Parse(body, request)
@@ -133,7 +136,7 @@ class HttpDoor:
                 request.request_id = state.request_id
             state.request_id = request.request_id
             async with self._core.generation(request, call) as gen:
-                await asgi.start_stream(send, framing.NDJSON_CONTENT_TYPE, echo)
+                await asgi.start_stream(send, framing.NDJSON_CONTENT_TYPE, state.echo())
                 state.started = True
                 await self._ndjson(send, gen)
 
@@ -144,22 +147,33 @@ class HttpDoor:
         scope: Scope,
         receive: Receive,
         send: Send,
-        run: Callable[[Call, bytes, asgi.Headers, _State], Awaitable[None]],
+        run: Callable[[Call, bytes, _State], Awaitable[None]],
         stream_type: bytes,
     ) -> int:
         """One generation request's life on this door: its ending, status and receipt."""
         core = self._core
         route = scope["path"]
         state = _State(_request_id(scope))
-        echo: asgi.Headers = [(b"x-request-id", state.request_id.encode())]
         task = asyncio.current_task()
         assert task is not None
         watcher: asyncio.Task[None] | None = None
+        deadline = _deadline(scope)
+        expiry = (
+            None
+            if deadline is None
+            else asyncio.get_running_loop().call_later(
+                max(deadline - time.monotonic(), 0), task.cancel
+            )
+        )
+
+        def time_remaining() -> float | None:
+            return None if deadline is None else deadline - time.monotonic()
+
         # A traceparent header continues the caller's trace, as its metadata does on gRPC.
         headers = [
             (bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in scope["headers"]
         ]
-        with core.call(route, headers, door="http") as call:
+        with core.call(route, headers, time_remaining, door="http") as call:
             status = 200
             self.tasks.add(task)
             try:
@@ -167,27 +181,31 @@ class HttpDoor:
                     body = await asgi.read_body(receive, self._body_limit)
                     # From here on, a client that goes away cancels this task at once.
                     watcher = asyncio.create_task(asgi.cancel_on_disconnect(receive, task))
-                    await run(call, body, echo, state)
+                    await run(call, body, state)
                 except asyncio.CancelledError as cancel:
                     cause = core.ending(call, cancel)
                     task.uncancel()  # ours to end, not the server's: uvicorn would log it
                     raise cause from None
-            except asgi.BodyTooLarge as error:
-                status = await _refuse(send, errors.BodyTooLarge(str(error)), echo)
             except asgi.ClientGone:
                 status = 499
             except Exception as error:
+                if isinstance(error, asgi.BodyTooLarge):
+                    error = errors.BodyTooLarge(str(error))
                 status = errors.answer(error).http
-                body = error_body(error, state.parsed)
-                if isinstance(error, errors.ClientCancelled):
-                    pass  # nobody is there to tell
-                elif state.started:
-                    await _stream_error(send, body, stream_type)
-                else:
-                    await _refuse(send, error, echo, body)
+                # The ending is decided: nothing may cancel the error's own write (a
+                # drain, a second signal, the client leaving, the deadline).
+                self.tasks.discard(task)
+                if expiry is not None:
+                    expiry.cancel()
+                if watcher is not None:
+                    watcher.cancel()
+                if not isinstance(error, errors.ClientCancelled):  # else nobody is there
+                    await _tell(send, error, state, stream_type)
                 _log_error(route, error, status)
             finally:
                 self.tasks.discard(task)
+                if expiry is not None:
+                    expiry.cancel()
                 if watcher is not None:
                     watcher.cancel()
                 while task.cancelling():  # the client left as the answer ended
@@ -197,59 +215,52 @@ class HttpDoor:
         return status
 
     async def _sse(
-        self,
-        send: Send,
-        gen: Generation,
-        parsed: OpenAIRequest,
-        answer: Answer,
-        echo: asgi.Headers,
-        state: _State,
+        self, send: Send, gen: Generation, parsed: OpenAIRequest, answer: Answer, state: _State
     ) -> None:
-        watched, progress = gen.watched, gen.progress
-        await asgi.start_stream(send, framing.SSE_CONTENT_TYPE, echo)
+        progress = gen.progress
+        out = _Writer(send, gen.watched)
+        await asgi.start_stream(send, framing.SSE_CONTENT_TYPE, state.echo())
         state.started = True
-        keepalive = _Keepalive(send, self._keepalive_s)
-        opening = answer.opening()
-        if opening:
-            await asgi.send_part(send, framing.sse_events(opening))
-        flushes = coalescing.flushes(gen.handle, gen.plan.stream, progress, watched)
+        flushes = coalescing.flushes(gen.handle, gen.plan.stream, progress, gen.watched)
+        keepalive = _Keepalive(out, self._keepalive_s)
         try:
+            opening = answer.opening()
+            if opening:
+                await out.part(framing.sse_events(opening))
             async for f in flushes:
                 data = framing.sse_event(answer.chunk(f.index, f.deltas))
                 if f.last and parsed.include_usage:
                     data += framing.sse_event(answer.usage_chunk(_usage(gen)))
-                watched.write_since = time.monotonic()
-                await keepalive.send(data)
-                watched.write_since = None
+                await out.part(data)
         finally:
-            await flushes.aclose()
             keepalive.stop()
-        await asgi.send_part(send, framing.SSE_DONE)
-        await asgi.end_stream(send)
+            await flushes.aclose()
+        await out.part(framing.SSE_DONE)
+        await out.end()
 
-    async def _whole(self, send: Send, gen: Generation, answer: Answer, echo: asgi.Headers) -> None:
+    async def _whole(
+        self, send: Send, gen: Generation, answer: Answer, echo: asgi.Headers, limit: int
+    ) -> None:
+        # Raises as soon as the answer cannot fit: the engine request is aborted.
+        size = sizes.AnswerSize(limit)
         async for step in coalescing.steps(gen.handle, gen.progress, gen.watched):
             for d in step:
+                size.add(d, messages.logprobs(d.logprobs) if d.logprobs else ())
                 answer.add(d.index, (d,))
-        await asgi.send_bytes(send, 200, answer.whole(_usage(gen)), headers=echo)
+        await _Writer(send, gen.watched).whole(200, answer.whole(_usage(gen)), echo)
 
     async def _ndjson(self, send: Send, gen: Generation) -> None:
-        watched, progress, handle = gen.watched, gen.progress, gen.handle
-        request_id = gen.plan.request_id
-        flushes = coalescing.flushes(handle, gen.plan.stream, progress, watched)
+        out = _Writer(send, gen.watched)
+        flushes = coalescing.flushes(gen.handle, gen.plan.stream, gen.progress, gen.watched)
         try:
             async for f in flushes:
-                msg = messages.response(request_id, f.index, f.deltas, f.completion_tokens)
-                if f.last:
-                    msg.usage.CopyFrom(messages.usage(progress, handle.cached_prompt_tokens))
-                    msg.timing.CopyFrom(messages.timing(progress))
-                line = json_format.MessageToJson(msg, indent=None).encode()
-                watched.write_since = time.monotonic()
-                await asgi.send_part(send, framing.ndjson_line(line))
-                watched.write_since = None
+                msg = messages.stream_message(gen.plan.request_id, f, gen.progress, gen.handle)
+                await out.part(
+                    framing.ndjson_line(json_format.MessageToJson(msg, indent=None).encode())
+                )
         finally:
             await flushes.aclose()
-        await asgi.end_stream(send)
+        await out.end()
 
     # --- the rest ------------------------------------------------------------------
 
@@ -297,35 +308,80 @@ class _State:
         self.parsed: OpenAIRequest | None = None
         self.started = False  # the answer's head has gone out: errors go in the stream
 
+    def echo(self) -> asgi.Headers:
+        return [(b"x-request-id", self.request_id.encode())]
+
+
+class _Writer:
+    """Every body write after submit, with the stalled-reader clock running while
+    flow control holds it back (the last ones too: [DONE] and the end)."""
+
+    __slots__ = ("_send", "_watched")
+
+    def __init__(self, send: Send, watched: Watched) -> None:
+        self._send = send
+        self._watched = watched
+
+    async def part(self, data: bytes) -> None:
+        self._watched.write_since = time.monotonic()
+        await asgi.send_part(self._send, data)
+        self._watched.write_since = None
+
+    async def end(self) -> None:
+        self._watched.write_since = time.monotonic()
+        await asgi.end_stream(self._send)
+        self._watched.write_since = None
+
+    async def whole(self, status: int, body: bytes, headers: asgi.Headers) -> None:
+        self._watched.write_since = time.monotonic()
+        await asgi.send_bytes(self._send, status, body, headers=headers)
+        self._watched.write_since = None
+
 
 class _Keepalive:
     """An SSE comment whenever ``interval`` passes without an event (a long prefill),
     so that proxies with idle timeouts keep the connection."""
 
-    __slots__ = ("_interval", "_last", "_send", "_task")
+    __slots__ = ("_interval", "_out", "_task")
 
-    def __init__(self, send: Send, interval: float) -> None:
-        self._send = send
+    def __init__(self, out: _Writer, interval: float) -> None:
+        self._out = out
         self._interval = interval
-        self._last = time.monotonic()
         self._task = asyncio.create_task(self._run()) if interval > 0 else None
 
-    async def send(self, data: bytes) -> None:
-        self._last = time.monotonic()
-        await asgi.send_part(self._send, data)
-
     async def _run(self) -> None:
+        # The writer's clock says when the last write began: quiet since then?
+        watched = self._out._watched
+        last = time.monotonic()
         while True:
-            wait = self._last + self._interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await asyncio.sleep(max(last + self._interval - time.monotonic(), 0))
+            if watched.write_since is not None:  # a write is under way (or held back)
+                last = time.monotonic()
                 continue
-            self._last = time.monotonic()
-            await asgi.send_part(self._send, framing.SSE_KEEPALIVE)
+            last = time.monotonic()
+            await asgi.send_part(self._out._send, framing.SSE_KEEPALIVE)
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+
+def _deadline(scope: Scope) -> float | None:
+    """The client's deadline, from ``X-Request-Timeout`` or what the official OpenAI
+    SDKs send with every request, ``X-Stainless-Timeout`` (seconds, the client's
+    own timeout): past it nobody reads the answer, so the engine request is aborted
+    (``deadline``) and admission refuses what cannot finish in time."""
+    for name in (b"x-request-timeout", b"x-stainless-timeout"):
+        value = asgi.header(scope, name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            continue
+        if seconds > 0 and seconds == seconds and seconds != float("inf"):
+            return time.monotonic() + seconds
+    return None
 
 
 def _request_id(scope: Scope) -> str:
@@ -371,17 +427,28 @@ async def _refuse(
 _ERROR_WRITE_S = 1.0  # a reader that stopped reading will not take the error either
 
 
-async def _stream_error(send: Send, body: bytes, stream_type: bytes) -> None:
-    """An error after the answer started: one more event or line, then the end."""
-    frame = framing.sse_event(body) + framing.SSE_DONE
-    if stream_type != framing.SSE_CONTENT_TYPE:
-        frame = framing.ndjson_line(body)
+async def _tell(send: Send, error: BaseException, state: _State, stream_type: bytes) -> None:
+    """Tell the client how its request ended badly: before the answer started, the
+    HTTP status and OpenAI's error object; after, one more event or line, then the end."""
+    body = error_body(error, state.parsed)
     try:
         async with asyncio.timeout(_ERROR_WRITE_S):
+            if not state.started:
+                await _refuse(send, error, state.echo(), body)
+                return
+            frame = framing.sse_event(body) + framing.SSE_DONE
+            if stream_type != framing.SSE_CONTENT_TYPE:
+                frame = framing.ndjson_line(body)
             await asgi.send_part(send, frame)
             await asgi.end_stream(send)
     except TimeoutError:
-        pass  # the connection is closed unfinished: the client sees a cut stream
+        pass  # a reader that stopped reading: uvicorn closes the unfinished answer
+    except asyncio.CancelledError:
+        # Cancelled again while telling (the client left, the server stopped): the
+        # ending was decided before, and uvicorn would log a stray cancel.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
 
 
 def _log_error(route: str, error: BaseException, status: int) -> None:

@@ -78,7 +78,7 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
     if response_format is not None and _get(response_format, "type", "response_format") != "text":
         raise InvalidArgument("response_format", "only {'type': 'text'} is supported")
     modalities = body.get("modalities")
-    if modalities is not None and list(modalities) != ["text"]:
+    if modalities is not None and modalities != ["text"]:
         raise InvalidArgument("modalities", "only ['text'] is supported")
 
     req = pb.GenerateRequest()

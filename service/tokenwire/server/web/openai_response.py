@@ -69,7 +69,7 @@ class Answer:
         self._logprobs = parsed.logprobs
         self._top = parsed.top_logprobs
         self._started = False
-        self._offsets = [0] * n  # characters so far, for completions' text_offset
+        self._offsets = [0] * n  # token characters so far, for completions' text_offset
         self._texts: list[list[str]] = [[] for _ in range(n)]
         self._finishes: list[dict[str, Any]] = [{} for _ in range(n)]
         self._lps: list[list[TokenLogprob]] = [[] for _ in range(n)]  # whole answers only
@@ -160,6 +160,8 @@ class Answer:
             if self._logprobs:
                 lps = [lp for d in deltas for lp in d.logprobs]
                 choice["logprobs"] = self._logprobs_body(lps, self._offsets[index])
+                # Offsets count the tokens' own strings, in chunks as in whole answers.
+                self._offsets[index] += sum(len(lp.token) for lp in lps)
             else:
                 choice["logprobs"] = None
         else:
@@ -168,7 +170,6 @@ class Answer:
                 self._ids[index].extend(t for d in deltas for t in d.token_ids)
             if self._logprobs:
                 self._lps[index].extend(lp for d in deltas for lp in d.logprobs)
-        self._offsets[index] += len(text)
         if last.finish_reason is not None:
             finish: dict[str, Any] = {"finish_reason": FINISH_REASONS[last.finish_reason]}
             finish["stop_reason"] = last.stop_match
