@@ -1,7 +1,8 @@
 """The process: one engine, one request core, two front doors, on one event loop.
 
 The server's modules (arrows point down only: a door imports ``core/``, never the
-other door; ``core/`` imports ``engines/base.py`` and nothing above it)::
+other door; ``core/`` imports the engines' seam and the process's settings and
+logs, never a door, grpc or the HTTP stack)::
 
     cli.py, flags.py, settings.py     flags and environment -> Settings; exit codes
     listeners.py                      every port checked before anything loads

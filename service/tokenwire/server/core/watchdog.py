@@ -1,10 +1,11 @@
 """Stall detection for live generations, from one periodic task per server.
 
 A stream is stalled when its client has not taken a message for
-``stall_timeout_s`` (gRPC flow control holds our write back: the reader stopped
-reading), or when its engine request has produced nothing for
+``stall_timeout_s`` (flow control, HTTP/2's or TCP's, holds our write back: the
+reader stopped reading), or when its engine request has produced nothing for
 ``engine_stall_timeout_s``. Either way the stream's task is cancelled with a
-reason; the servicer then aborts the engine request and ends the call.
+reason; ``core.generation`` then aborts the engine request and the door ends the
+call.
 
 The per-message cost is one clock read and two attribute writes; the scan runs
 a few times per timeout, over live streams only.
