@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -43,3 +46,33 @@ async def oai(http_server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
         base_url=base_url(http_server) + "/v1", api_key="unused", max_retries=0
     ) as client:
         yield client
+
+
+async def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real curl, streaming (-N), bounded."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl",
+        *("-sS", "-N", "--max-time", "20"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
+
+
+async def open_stream(
+    port: int, body: dict[str, object], headers: str = "", path: str = "/v1/chat/completions"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Start a streamed request on its own connection; return once its first event came."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = json.dumps(body).encode()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    await writer.drain()
+    await asyncio.wait_for(reader.readuntil(b"data: "), 10)
+    return reader, writer

@@ -9,7 +9,7 @@ import socket
 from tokenwire.server.app import Server
 
 from ..helpers import async_wait_for, sample
-from .conftest import HttpServerFactory
+from .conftest import HttpServerFactory, open_stream
 
 LONG = {
     "messages": [{"role": "user", "content": "go on"}],
@@ -23,27 +23,11 @@ def metric(server: Server, name: str, **labels: str) -> float:
     return sample(server.metrics.text().decode(), name, labels)
 
 
-async def _open_stream(
-    server: Server, body: dict[str, object] = LONG, path: str = "/v1/chat/completions"
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Start a streamed request and read until its first event has arrived."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
-    data = json.dumps(body).encode()
-    writer.write(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n".encode()
-        + data
-    )
-    await writer.drain()
-    await asyncio.wait_for(reader.readuntil(b"data: "), 10)
-    return reader, writer
-
-
 async def test_disconnect_mid_stream_aborts_the_engine_request(
     make_http_server: HttpServerFactory,
 ) -> None:
     server = await make_http_server(sim_itl_ms=10)
-    _, writer = await _open_stream(server)
+    _, writer = await open_stream(server.http_port, LONG)
     assert server.engine.in_flight() == 1
     writer.close()
     await async_wait_for(lambda: server.engine.in_flight() == 0, within=5)
@@ -57,7 +41,7 @@ async def test_disconnect_storm_leaves_nothing_in_flight(
     make_http_server: HttpServerFactory,
 ) -> None:
     server = await make_http_server(sim_itl_ms=20, max_concurrent_requests=512)
-    streams = await asyncio.gather(*(_open_stream(server) for _ in range(200)))
+    streams = await asyncio.gather(*(open_stream(server.http_port, LONG) for _ in range(200)))
     assert server.engine.in_flight() == 200
     for _, writer in streams:
         writer.close()

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tokenwire.server.app import Server
 
 from ..helpers import async_wait_for, sample
-from .conftest import HttpServerFactory, base_url
+from .conftest import HttpServerFactory, base_url, curl, open_stream
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 LONG = {**CHAT, "max_tokens": 5000, "ignore_eos": True, "stream": True}
@@ -48,22 +48,6 @@ async def _request(
     status_line, *lines = head.decode().split("\r\n")
     fields = dict(line.lower().split(": ", 1) for line in lines)
     return int(status_line.split()[1]), fields, rest
-
-
-async def _open_stream(
-    port: int, body: dict[str, object], headers: str = ""
-) -> asyncio.StreamWriter:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    data = json.dumps(body).encode()
-    writer.write(
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{headers}"
-        f"Content-Length: {len(data)}\r\n\r\n".encode()
-        + data
-    )
-    await writer.drain()
-    await asyncio.wait_for(reader.readuntil(b"data: "), 10)
-    writer._tokenwire_reader = reader  # type: ignore[attr-defined]
-    return writer
 
 
 async def test_api_keys_guard_generation_but_not_health_or_metrics(
@@ -111,22 +95,6 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     return {p.name: p for p in tmp_path.iterdir()}
 
 
-async def _curl(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "curl",
-        "-sS",
-        "-N",
-        "--max-time",
-        "20",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
-
-
 async def test_mutual_tls_with_the_grpc_certificates(
     make_http_server: HttpServerFactory, pki: dict[str, Path]
 ) -> None:
@@ -136,22 +104,22 @@ async def test_mutual_tls_with_the_grpc_certificates(
     url = f"https://127.0.0.1:{server.http_port}/v1/chat/completions"
     body = json.dumps({**CHAT, "stream": True})
     common = ["--cacert", str(pki["server-ca.pem"]), "-H", "content-type: application/json"]
-    code, out = await _curl(*common, "-d", body, url)
-    assert code != 0  # no client certificate: the handshake fails
-    code, out = await _curl(
+    done = await curl(*common, "-d", body, url)
+    assert done.returncode != 0  # no client certificate: the handshake fails
+    done = await curl(
         *common, "--cert", str(pki["client.pem"]), "--key", str(pki["client.key"]), "-d", body, url
     )
-    assert code == 0, out
-    assert out.rstrip().endswith("data: [DONE]")
-    code, out = await _curl("-d", body, "http://" + url.removeprefix("https://"))
-    assert code != 0 or "HTTP" not in out  # plaintext is not served on a TLS port
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("data: [DONE]")
+    done = await curl("-d", body, "http://" + url.removeprefix("https://"))
+    assert done.returncode != 0 or "HTTP" not in done.stdout  # no plaintext on a TLS port
 
 
 async def test_a_duplicate_live_request_id_is_409_and_a_full_queue_429_with_retry_after(
     make_http_server: HttpServerFactory,
 ) -> None:
     server = await make_http_server(sim_itl_ms=20, max_concurrent_requests=1, max_queue=0)
-    first = await _open_stream(server.http_port, LONG, "X-Request-Id: same-id\r\n")
+    _, first = await open_stream(server.http_port, LONG, "X-Request-Id: same-id\r\n")
     status, fields, body = await _request(
         server.http_port, "/v1/chat/completions", CHAT, "X-Request-Id: same-id\r\n"
     )
@@ -169,7 +137,7 @@ async def test_sigterm_drain_refuses_new_requests_and_lets_live_streams_finish(
 ) -> None:
     server = await make_http_server(sim_itl_ms=10)
     short = {**CHAT, "max_tokens": 60, "stream": True}
-    live = await _open_stream(server.http_port, short)
+    live_reader, live = await open_stream(server.http_port, short)
     idle_reader, idle = await asyncio.open_connection("127.0.0.1", server.http_port)
     stopping = asyncio.create_task(server.stop(grace=10))
     await async_wait_for(lambda: server.core.grace_ends_at is not None)
@@ -184,7 +152,7 @@ async def test_sigterm_drain_refuses_new_requests_and_lets_live_streams_finish(
     head = await asyncio.wait_for(idle_reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 503")
     # The live stream runs to its end.
-    reader = live._tokenwire_reader  # type: ignore[attr-defined]
+    reader = live_reader
     rest = await asyncio.wait_for(reader.readuntil(b"data: [DONE]\n\n"), 10)
     assert b'"finish_reason":"length"' in rest
     await asyncio.wait_for(stopping, 15)
@@ -197,9 +165,9 @@ async def test_a_stream_still_live_when_the_grace_ends_gets_an_error_event(
     make_http_server: HttpServerFactory,
 ) -> None:
     server = await make_http_server(sim_itl_ms=10)
-    live = await _open_stream(server.http_port, LONG)
+    live_reader, live = await open_stream(server.http_port, LONG)
     await asyncio.wait_for(server.stop(grace=0.2), 15)
-    reader = live._tokenwire_reader  # type: ignore[attr-defined]
+    reader = live_reader
     rest = await asyncio.wait_for(reader.readuntil(b"data: [DONE]\n\n"), 10)
     error = json.loads(rest.split(b"data: ")[-2].strip())
     assert error["error"]["code"] == "shutting_down"
@@ -244,7 +212,7 @@ async def test_spans_continue_traceparent_and_endings_are_logged_with_usage(
     assert span.parent is not None and f"{span.parent.span_id:016x}" == parent
     assert span.name == "POST /v1/completions"
     # An aborted stream is logged too, with what it had used.
-    live = await _open_stream(server.http_port, LONG, "X-Request-Id: cut-1\r\n")
+    _, live = await open_stream(server.http_port, LONG, "X-Request-Id: cut-1\r\n")
     live.close()
     await async_wait_for(lambda: server.engine.in_flight() == 0)
     await async_wait_for(lambda: any("aborted:cancelled" in r.getMessage() for r in caplog.records))
@@ -273,7 +241,7 @@ async def test_tls_files_are_read_again_when_they_change(
 ) -> None:
     server = await make_http_server(tls_cert=pki["server.pem"], tls_key=pki["server.key"])
     url = f"https://127.0.0.1:{server.http_port}/health"
-    assert (await _curl("--cacert", str(pki["server-ca.pem"]), url))[0] == 0
+    assert (await curl("--cacert", str(pki["server-ca.pem"]), url)).returncode == 0
     new_ca = trustme.CA()
     cert = new_ca.issue_cert("localhost", "127.0.0.1")
     cert.private_key_pem.write_to_path(str(pki["server.key"]))
@@ -282,9 +250,9 @@ async def test_tls_files_are_read_again_when_they_change(
     for path in (pki["server.pem"], pki["server.key"]):
         os.utime(path, ns=(stamp, stamp))
     new_ca.cert_pem.write_to_path(str(tmp_path / "new-ca.pem"))
-    code, out = await _curl("--cacert", str(tmp_path / "new-ca.pem"), url)
-    assert code == 0, out  # the next connection's handshake used the new certificate
-    assert (await _curl("--cacert", str(pki["server-ca.pem"]), url))[0] != 0
+    done = await curl("--cacert", str(tmp_path / "new-ca.pem"), url)
+    assert done.returncode == 0, done.stderr  # the next handshake used the new certificate
+    assert (await curl("--cacert", str(pki["server-ca.pem"]), url)).returncode != 0
 
 
 async def test_the_clients_timeout_is_a_deadline_that_aborts_the_engine_request(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 
 import pytest
 
@@ -13,29 +12,13 @@ from tokenwire.server.settings import Settings
 
 from ..faulty import FaultyEngine
 from ..helpers import sample
-from .conftest import HttpServerFactory, base_url
+from .conftest import HttpServerFactory, base_url, curl
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
 
 
-async def _curl(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = await asyncio.create_subprocess_exec(
-        "curl",
-        "-sS",
-        "-N",
-        "--max-time",
-        "20",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
-
-
 async def test_curl_reads_sse_events_then_done(http_server: Server) -> None:
-    done = await _curl(
+    done = await curl(
         "-H",
         "content-type: application/json",
         "-H",
