@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from ..engines.base import GenerationHandle, SequenceDelta
 from .progress import Progress
@@ -40,6 +40,12 @@ class Flush:
         self.completion_tokens = completion_tokens  # this sequence's tokens so far
         self.last = last  # the call's very last flush: usage and timing go with it
 
+    def tokens(self) -> int:
+        deltas = self.deltas
+        if len(deltas) == 1:
+            return len(deltas[0].token_ids)
+        return sum(len(d.token_ids) for d in deltas)
+
 
 async def steps(
     handle: GenerationHandle, progress: Progress, watched: Watched
@@ -59,9 +65,14 @@ async def steps(
 
 
 async def flushes(
-    handle: GenerationHandle, plan: StreamPlan, progress: Progress, watched: Watched
+    handle: GenerationHandle,
+    plan: StreamPlan,
+    progress: Progress,
+    watched: Watched,
+    tokens_per_message: Callable[[float], None] = lambda _: None,
 ) -> AsyncGenerator[Flush, None]:
-    """The flushes of ``handle``'s stream, grouped as ``plan`` says."""
+    """The flushes of ``handle``'s stream, grouped as ``plan`` says; each one's token
+    count goes to ``tokens_per_message`` (the metrics' histogram)."""
     loop = asyncio.get_running_loop()
     it = handle.__aiter__()
     hold = plan.step > 1 and plan.max_delay_s != 0
@@ -84,7 +95,9 @@ async def flushes(
             # The engine failed this request: what it handed over before that is
             # the client's, sent before the error.
             for index in sorted(pending):
-                yield Flush(index, pending.pop(index), counts[index], False)
+                flush = Flush(index, pending.pop(index), counts[index], False)
+                tokens_per_message(flush.tokens())
+                yield flush
             raise
         if step is None:
             # The delay bound is up: send what every sequence holds.
@@ -93,6 +106,7 @@ async def flushes(
                 out.append(Flush(index, pending.pop(index), counts[index], False))
             oldest = None
             for flush in out:
+                tokens_per_message(flush.tokens())
                 yield flush
             continue
 
@@ -112,6 +126,7 @@ async def flushes(
         if progress.remaining == 0 and out:
             out[-1].last = True
         for flush in out:
+            tokens_per_message(flush.tokens())
             yield flush
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
@@ -30,7 +30,7 @@ from tokenwire.v1 import generation_pb2 as pb
 
 from .. import logs
 from ..engines.base import Engine, EngineUnavailable, GenerationHandle
-from . import errors, sizes
+from . import coalescing, errors, sizes
 from .admission import Admission
 from .progress import Progress
 from .requests import Limits, RequestPlan, plan_request
@@ -148,6 +148,13 @@ class Core:
         first = None if p.first_token_at is None else time.perf_counter() - p.first_token_at
         self.tracing.ended(
             call.span, outcome, p.completion_tokens, p.finishes, p.abort_reason, first
+        )
+
+    def flushes(self, gen: Generation) -> AsyncGenerator[coalescing.Flush, None]:
+        """``gen``'s stream as flushes, grouped as it asked, each counted in the
+        tokens-per-message histogram."""
+        return coalescing.flushes(
+            gen.handle, gen.plan.stream, gen.progress, gen.watched, self.metrics.message_tokens
         )
 
     @asynccontextmanager

@@ -34,6 +34,10 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# Tokens per stream message: 1 while the front end keeps up with the engine, more
+# when it falls behind and sends what is ready in one message (or asked for steps).
+_MESSAGE_TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
 # Aborts should take microseconds; the buckets resolve down to 10 us.
 _ABORT_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
@@ -224,7 +228,15 @@ class Metrics:
         self._tpot = tpot.labelled(model, engine)
         self._duration = duration.labelled(model, engine)
         self._abort_latency = {r: abort_latency.labelled(r) for r in ABORT_REASONS}
-        self.registry.register(_Histograms([ttft, tpot, duration, abort_latency]))
+        message_tokens = _Histogram(
+            "tokenwire_stream_message_tokens",
+            "Tokens per stream message (gRPC message, SSE event or NDJSON line)",
+            (),
+            _MESSAGE_TOKEN_BUCKETS,
+        )
+        self._message_tokens = message_tokens.labelled()
+        self.message_tokens = self._message_tokens.record  # bound once: called per message
+        self.registry.register(_Histograms([ttft, tpot, duration, abort_latency, message_tokens]))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

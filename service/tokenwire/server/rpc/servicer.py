@@ -85,7 +85,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         ):
             handle, progress, watched = gen.handle, gen.progress, gen.watched
             request_id = gen.plan.request_id
-            flushes = coalescing.flushes(handle, gen.plan.stream, progress, watched)
+            flushes = self.core.flushes(gen)
             async with aclosing(flushes):  # closed at once, also on a cancel
                 async for f in flushes:
                     msg = messages.stream_message(request_id, f, progress, handle)

@@ -217,11 +217,10 @@ class HttpDoor:
     async def _sse(
         self, send: Send, gen: Generation, parsed: OpenAIRequest, answer: Answer, state: _State
     ) -> None:
-        progress = gen.progress
         out = _Writer(send, gen.watched)
         await asgi.start_stream(send, framing.SSE_CONTENT_TYPE, state.echo())
         state.started = True
-        flushes = coalescing.flushes(gen.handle, gen.plan.stream, progress, gen.watched)
+        flushes = self._core.flushes(gen)
         keepalive = _Keepalive(out, self._keepalive_s)
         try:
             opening = answer.opening()
@@ -251,7 +250,7 @@ class HttpDoor:
 
     async def _ndjson(self, send: Send, gen: Generation) -> None:
         out = _Writer(send, gen.watched)
-        flushes = coalescing.flushes(gen.handle, gen.plan.stream, gen.progress, gen.watched)
+        flushes = self._core.flushes(gen)
         try:
             async for f in flushes:
                 msg = messages.stream_message(gen.plan.request_id, f, gen.progress, gen.handle)
