@@ -548,6 +548,140 @@ async def test_a_repeated_prompt_reports_cached_tokens(engine):
     assert first.cached_prompt_tokens == 0 < second.cached_prompt_tokens
 
 
+# --- responses queued ahead of a read -------------------------------------------------------
+
+
+def queued(result: Any) -> int:
+    """Responses waiting on a fake result's queue (its deque: TensorRT-LLM's only tells empty())."""
+    return len(result.aqueue._q)
+
+
+async def suspensions(coro: Any) -> tuple[int, Any]:
+    """Run ``coro`` to its end on this loop, counting the times it gave the loop a turn."""
+    steps = coro.__await__()
+    turns = 0
+    while True:
+        try:
+            waited = steps.send(None)
+        except StopIteration as done:
+            return turns, done.value
+        turns += 1
+        if waited is None:
+            await asyncio.sleep(0)
+        else:  # a future it blocks on: wait for it here instead, as its task would
+            waited._asyncio_future_blocking = False
+            await waited
+
+
+async def read_one_by_one(engine: TensorRTLLMEngine, **fields: Any) -> list[list[SequenceDelta]]:
+    """The adapter as it was: no queue to drain, so one response per step."""
+    kind, engine.response_queue = engine.response_queue, None
+    try:
+        handle = await submit(engine, **fields)
+    finally:
+        engine.response_queue = kind
+    async with asyncio.timeout(10):
+        return [step async for step in handle]
+
+
+async def read_once_all_queued(
+    trtllm: Any, engine: TensorRTLLMEngine, **fields: Any
+) -> list[list[SequenceDelta]]:
+    """One step, then nothing read until the engine has queued the request's last response."""
+    handle = await submit(engine, **fields)
+    result = trtllm._fake.results[-1]
+    steps = [await anext(aiter(handle))]
+    await async_wait_for(lambda: queued(result) > 0 and result.aqueue._q[-1].is_final)
+    async with asyncio.timeout(10):
+        return steps + [step async for step in handle]
+
+
+def by_index(steps: Sequence[Sequence[SequenceDelta]]) -> dict[int, list[SequenceDelta]]:
+    out: dict[int, list[SequenceDelta]] = {}
+    for step in steps:
+        for delta in step:
+            out.setdefault(delta.index, []).append(delta)
+    return out
+
+
+@pytest.mark.parametrize(
+    "case", ["end-of-sequence", "length", "stop-string", "stop-token-id", "two-sequences"]
+)
+async def test_responses_queued_before_a_read_go_out_in_one_step(trtllm, holds_tail, engine, case):
+    fields: dict[str, Any] = {"sampling": SamplingOptions(seed=3), "max_tokens": 60}
+    if case != "end-of-sequence":
+        fields["ignore_eos"] = True
+    if case == "two-sequences":
+        fields.update(sampling=SamplingOptions(n=2, top_p=0.9, seed=7), max_tokens=30)
+    full = by_index(await read_one_by_one(engine, **fields))[0]
+    if case == "stop-string":
+        fields["stop"] = (text(full)[30:36],)
+    elif case == "stop-token-id":
+        fields["stop_token_ids"] = (ids(full)[9],)
+    alone = await read_one_by_one(engine, **fields)
+    together = await read_once_all_queued(trtllm, engine, **fields)
+    # All that was queued went out in one step: the first step read, then one more.
+    assert len(together) == 2 < len(alone)
+    expected, got = by_index(alone), by_index(together)
+    assert got.keys() == expected.keys()
+    for index, deltas in got.items():
+        assert ids(deltas) == ids(expected[index]) and text(deltas) == text(expected[index])
+        assert [(d.finish_reason, d.stop_match) for d in deltas[-1:]] == [
+            (d.finish_reason, d.stop_match) for d in expected[index][-1:]
+        ]
+        assert_one_finish_at_the_end(deltas)
+        if not case.startswith("stop-"):  # a stop's text is cut, its ids are not
+            assert text(deltas) == decode(ids(deltas), skip_special_tokens=True)
+    if case.startswith("stop-"):
+        assert got[0][-1].finish_reason == "stop_sequence"
+    assert engine.in_flight() == 0
+
+
+async def test_a_read_with_nothing_queued_waits_once_and_with_some_queued_never(
+    trtllm, engine, monkeypatch
+):
+    monkeypatch.setattr(trtllm._fake, "step_s", 0.02)
+    handle = await submit(engine, max_tokens=10_000, ignore_eos=True)
+    result = trtllm._fake.results[-1]
+    await anext(aiter(handle))
+    await async_wait_for(lambda: result.aqueue.empty())
+    turns, step = await suspensions(handle.__anext__())
+    assert turns == 1 and ids(step)  # it waited for the next response, as it always did
+    await async_wait_for(lambda: queued(result) >= 3)
+    ahead = queued(result)
+    turns, step = await suspensions(handle.__anext__())
+    assert turns == 0 and len(ids(step)) == ahead and result.aqueue.empty()
+    handle.abort()
+
+
+async def test_one_step_takes_a_bounded_number_of_queued_responses(trtllm, engine, monkeypatch):
+    monkeypatch.setattr("tokenwire.server.engines._trtllm_handle._MAX_QUEUED_PER_STEP", 2)
+    handle = await submit(engine, max_tokens=10_000, ignore_eos=True)
+    result = trtllm._fake.results[-1]
+    await anext(aiter(handle))
+    await async_wait_for(lambda: queued(result) >= 6)
+    ahead = queued(result)
+    turns, step = await suspensions(handle.__anext__())
+    assert turns == 0 and len(ids(step)) == 3  # the one it takes, and two more
+    assert queued(result) == ahead - 3
+    handle.abort()
+
+
+async def test_an_abort_with_responses_queued_ends_at_once(trtllm, engine):
+    handle = await submit(engine, max_tokens=10_000, ignore_eos=True)
+    result = trtllm._fake.results[-1]
+    await anext(aiter(handle))
+    await async_wait_for(lambda: queued(result) >= 3)
+    ahead = queued(result)
+    handle.abort()
+    assert result.abort_calls == 1 and handle.finished and engine.in_flight() == 0
+    turns, step = await suspensions(handle.__anext__())
+    assert turns == 0 and [(d.finish_reason, d.token_ids) for d in step] == [("cancelled", ())]
+    assert queued(result) >= ahead  # nothing queued was read after the abort
+    with pytest.raises(StopAsyncIteration):
+        await anext(aiter(handle))
+
+
 # --- abort --------------------------------------------------------------------------------
 
 
@@ -625,7 +759,7 @@ async def test_abort_of_a_queued_request_never_waits_for_an_answer(trtllm, make_
     assert queued_result.abort_calls == 1 and engine.in_flight() == 1
     for _ in range(5):  # the engine goes on, and never answers the dropped request
         await anext(aiter(running))
-    assert queued_result.queue.empty() and not queued_result.finished
+    assert queued_result.aqueue.empty() and not queued_result.finished
     running.abort()
     assert engine.in_flight() == 0
 

@@ -12,6 +12,14 @@ detokenizer never releases the bytes of a last character that did not complete
 (docs/tensorrt_llm.md, "Detokenization"), so the handle decodes the output's
 last few ids to find them, and only then the whole output, once.
 
+A step applies every response already queued on the result, not just one: a
+fast GPU queues several between two reads of a lagging consumer, and one step
+then carries all their tokens, as the other engines' steps do. TensorRT-LLM's
+``AsyncQueue`` tells ``empty()``, and ``__anext__`` with an item queued returns
+without suspending (docs/tensorrt_llm.md, "The response queue"), so the drain
+costs no event-loop turn, and none at all when nothing is queued. It is bounded
+(``_MAX_QUEUED_PER_STEP`` per sequence) so one step cannot grow without limit.
+
 ``abort()`` enqueues a cancellation and returns. A running request answers it
 with a final 'cancelled' response; one still waiting for a batch slot may never
 answer. So the handle never waits after ``abort()``, and until the first
@@ -39,12 +47,17 @@ log = logging.getLogger("tokenwire.server")
 
 # Enough ids to hold a whole UTF-8 character (4 bytes) and what is left of one.
 _TAIL_TOKENS = 4
+# Most queued responses one step takes beyond the one it waited for, per sequence
+# (the simulator's catch-up bound).
+_MAX_QUEUED_PER_STEP = 64
 
 
 class Owner(Protocol):
     """What a handle needs from its engine."""
 
     request_error: type[Exception]
+    response_queue: type | None
+    """TensorRT-LLM's ``AsyncQueue``; None where it is not found (nothing is drained)."""
 
     def token_strings(self, token_ids: Sequence[int]) -> list[str]: ...
 
@@ -85,6 +98,10 @@ class TensorRTLLMHandle:
         self._abort_signal: asyncio.Future[None] | None = None
         self._failure: EngineError | None = None  # raised once the held text is out
         self._leftover: list[SequenceDelta] = []  # that held text
+        queue = getattr(result, "aqueue", None)  # a Ray queue on the Ray path: not drained
+        kind = owner.response_queue
+        self._queue: Any = queue if kind is not None and isinstance(queue, kind) else None
+        self._queued_bound = _MAX_QUEUED_PER_STEP * request.sampling.n
 
     @property
     def finished(self) -> bool:
@@ -125,12 +142,15 @@ class TensorRTLLMHandle:
             self._abort_signal.set_result(None)
 
     async def _step(self) -> None:
-        """Wait for the next response; the result applies it to itself."""
+        """Wait for the next response, then take those queued behind it; the result
+        applies each to itself."""
         try:
             if self._answered:
                 more = await self._next_response()
             else:
                 more = await self._first_response()
+            if more:
+                more = await self._take_queued()
         except self._owner.request_error as error:
             self._fail(RequestFailed(f"TensorRT-LLM failed the request: {error}"), error)
             return
@@ -160,6 +180,20 @@ class TensorRTLLMHandle:
         except StopAsyncIteration:
             return False
         self._answered = True
+        return True
+
+    async def _take_queued(self) -> bool:
+        """Apply the responses already queued, without waiting; False once the result ends.
+
+        With an item queued, ``__anext__`` pops it at once (``AsyncQueue.get`` waits
+        only while the deque is empty), so this never suspends.
+        """
+        queue, result = self._queue, self._result
+        for _ in range(self._queued_bound):
+            if queue is None or queue.empty() or result.finished or self._aborted:
+                break
+            if not await self._next_response():
+                return False
         return True
 
     async def _first_response(self) -> bool:

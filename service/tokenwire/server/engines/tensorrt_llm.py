@@ -10,9 +10,10 @@ details and the upstream files they come from):
 
 - ``generate_async`` is not a coroutine, and the result it returns binds to the
   loop running at that moment: ``submit`` calls it on the server's loop.
-- A result yields itself, mutated, and ``abort()`` only enqueues a cancellation
-  that a queued request may never answer: ``_trtllm_handle.py`` turns that into
-  deltas and an ``abort()`` that never waits. Leaving ``async for`` aborts
+- A result yields itself, mutated, one response at a time, and ``abort()`` only
+  enqueues a cancellation that a queued request may never answer:
+  ``_trtllm_handle.py`` turns that into deltas (every response already queued
+  in one step) and an ``abort()`` that never waits. Leaving ``async for`` aborts
   nothing in TensorRT-LLM: the servicer calls ``abort()``.
 - A ``RequestError`` fails one request (``RequestFailed``). Any other error from
   the executor is fatal: the engine turns unhealthy (``EngineUnavailable``).
@@ -65,6 +66,7 @@ class TensorRTLLMEngine:
         self._tokenizer: Any = None  # TransformersTokenizer, or None
         self._sampling_params: Any = None  # the SamplingParams class
         self.request_error: type[Exception] = _Never  # RequestError, once imported
+        self.response_queue: type | None = None  # AsyncQueue, once imported
         self._end_id: int | None = None  # passed only when there is no tokenizer
         self._live: set[TensorRTLLMHandle] = set()
         self._failed = False
@@ -129,6 +131,7 @@ class TensorRTLLMEngine:
         self._end_id = None if llm.tokenizer is not None else self._description.eos_token_id
         self._sampling_params = tensorrt_llm.SamplingParams
         self.request_error = llmapi.RequestError
+        self.response_queue = _response_queue_class()
         self._llm = llm
 
     async def tokenize(self, prompt: PromptInput, add_special_tokens: bool = True) -> list[int]:
@@ -222,6 +225,19 @@ class TensorRTLLMEngine:
 
 class _Never(Exception):
     """Stands for RequestError until TensorRT-LLM is imported."""
+
+
+def _response_queue_class() -> type | None:
+    """``tensorrt_llm.llmapi.utils.AsyncQueue``, the queue a result reads its responses from.
+
+    Only a queue of this class is drained ahead (docs/tensorrt_llm.md, "The response
+    queue"); without it each step takes one response, as before.
+    """
+    try:
+        queue = getattr(importlib.import_module("tensorrt_llm.llmapi.utils"), "AsyncQueue", None)
+    except ImportError:
+        return None
+    return queue if isinstance(queue, type) else None
 
 
 def _import(name: str) -> ModuleType:

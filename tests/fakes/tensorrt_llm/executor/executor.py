@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from tokenwire.server.engines.simtok import EOS_ID, WORDS, SimTokenizer
 
 from .. import _fake
+from ..llmapi.utils import AsyncQueue, _SyncQueue
 from .result import Logprob, Response
 from .utils import CppExecutorError
 
@@ -39,8 +40,15 @@ class _Sequence:
 
 
 class _Request:
-    def __init__(self, result: GenerationResult, fault: str | None, cached: int) -> None:
+    def __init__(
+        self,
+        result: GenerationResult,
+        fault: str | None,
+        cached: int,
+        to_notify: list[_SyncQueue],
+    ) -> None:
         self.result = result
+        self._to_notify = to_notify
         self.fault = fault
         self.cached = cached
         self.produced = 0
@@ -52,8 +60,11 @@ class _Request:
         ]
 
     def send(self, response: Response) -> None:
-        if self.result.queue is not None:
-            self.result.queue.put_nowait(response)
+        """``put_nowait``, as proxy.py's dispatch does; the executor notifies in bulk later."""
+        queue = self.result.queue
+        if queue is not None:
+            queue.put_nowait(response)
+            self._to_notify.append(queue)
 
 
 class GenerationExecutor:
@@ -70,6 +81,7 @@ class GenerationExecutor:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._shutdown = False
+        self._to_notify: list[_SyncQueue] = []  # queues put to since the last notify
 
     def is_shutdown(self) -> bool:
         return self._shutdown
@@ -83,7 +95,8 @@ class GenerationExecutor:
         prompt = tuple(result.prompt_token_ids)
         cached = (len(prompt) - 1) // 4 * 4 if prompt in self._seen_prompts else 0
         self._seen_prompts.add(prompt)
-        self._waiting.append(_Request(result, self._fault(result.prompt_token_ids), cached))
+        fault = self._fault(result.prompt_token_ids)
+        self._waiting.append(_Request(result, fault, cached, self._to_notify))
         with contextlib.suppress(RuntimeError):
             self._ensure_running(asyncio.get_running_loop())
 
@@ -129,6 +142,15 @@ class GenerationExecutor:
                 continue
             await asyncio.sleep(_fake.step_s)
             self._iterate()
+            self._notify()
+
+    def _notify(self) -> None:
+        """One bulk wake-up for an iteration's responses (proxy.py's ``notify_many``)."""
+        if self._to_notify and self._loop is not None:
+            queues = self._to_notify[:]
+            self._to_notify.clear()
+            with contextlib.suppress(AsyncQueue.EventLoopShutdownError):
+                _SyncQueue.notify_many(self._loop, queues)
 
     def _iterate(self) -> None:
         for request_id in self._cancelling:
@@ -241,5 +263,6 @@ class GenerationExecutor:
         self._running.clear()
         self._waiting.clear()  # requests waiting for a slot get no answer
         self._cancelling.clear()
+        self._notify()
         if self._task is not None:
             self._task.cancel()

@@ -3,9 +3,10 @@
 docs/tensorrt_llm.md, "Results", "Abort" and "Stop strings and stop token ids",
 say what this mirrors.
 
-The executor puts raw responses on a result's queue; each ``__anext__`` takes
-one and applies it to the result, which it then returns: the same object every
-time, with cumulative ``token_ids``/``text``/``logprobs`` per output.
+The executor puts raw responses on a result's queue (``aqueue``, an
+``AsyncQueue``: docs/tensorrt_llm.md, "The response queue"); each ``__anext__``
+takes one and applies it to the result, which it then returns: the same object
+every time, with cumulative ``token_ids``/``text``/``logprobs`` per output.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from .. import _fake
+from ..llmapi.utils import AsyncQueue, _SyncQueue
 from .utils import RequestError
 
 if TYPE_CHECKING:
@@ -80,11 +82,14 @@ class GenerationResult:
         self._aborted = False
         best_of = sampling_params.best_of or sampling_params.n
         self._outputs = [CompletionOutput(i) for i in range(best_of)]
-        # The async queue exists only if a loop runs now, and is bound to it.
-        self.queue: asyncio.Queue[Response] | None = None
+        # The async queue exists only if a loop runs now, and is bound to it
+        # (upstream's sync fallback, a queue.Queue, is left out: nothing here reads it).
+        self.aqueue: AsyncQueue | None = None
+        self.queue: _SyncQueue | None = None
         try:
             asyncio.get_running_loop()
-            self.queue = asyncio.Queue()
+            self.aqueue = AsyncQueue()
+            self.queue = self.aqueue.sync_q
         except RuntimeError:
             pass
         self.abort_calls = 0  # test record: how often abort() was called
@@ -114,14 +119,15 @@ class GenerationResult:
     async def __anext__(self) -> GenerationResult:
         if self._done:
             raise StopAsyncIteration
-        assert self.queue is not None, (
+        assert self.aqueue is not None, (
             "The asyncio event loop was not present during initialization, "
             "so async operations are not available."
         )
         self.waiting = True
         try:
-            # asyncio.Queue.get takes the item only once awake: a cancelled wait loses nothing.
-            response = await self.queue.get()
+            # AsyncQueue.get takes the item only once awake: a cancelled wait loses nothing;
+            # with an item queued it returns without suspending.
+            response = await self.aqueue.get()
         finally:
             self.waiting = False
         self._handle_response(response)
