@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -161,3 +162,27 @@ def start_server_process(
     process.wait(10)
     process.stdout.close()
     raise AssertionError("server did not report its port:\n" + "".join(log))
+
+
+async def http_request(
+    port: int,
+    path: str,
+    body: dict[str, object] | None = None,
+    headers: str = "",
+    method: str = "POST",
+) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP/1.1 request on its own connection: status, headers (lower case) and
+    the whole body as sent (bounded)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = json.dumps(body).encode() if body is not None else b""
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        + data
+    )
+    raw = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    fields = dict(line.lower().split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), fields, rest

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from tokenwire.v1 import generation_pb2 as pb
 
-from ..helpers import sample
-from ..http.test_guarantees import _request
+from ..helpers import http_request, sample
 
 NAME = "tokenwire_stream_message_tokens"
 
@@ -33,7 +32,7 @@ async def test_every_message_of_either_door_is_counted_with_its_tokens(make_serv
         "stream_options": {"streaming_step": 4},
     }
     before = buckets(server)
-    status, _, raw = await _request(server.http_port, "/v1/chat/completions", body)
+    status, _, raw = await http_request(server.http_port, "/v1/chat/completions", body)
     assert status == 200 and raw.count(b"data: ") >= 4
     after = buckets(server)
     grew = {le: after[le] - before[le] for le in after}

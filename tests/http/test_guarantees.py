@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tokenwire.server.app import Server
 
-from ..helpers import async_wait_for, sample
+from ..helpers import async_wait_for, http_request, sample
 from .conftest import HttpServerFactory, base_url, curl, open_stream
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -27,47 +27,24 @@ def metric(server: Server, name: str, **labels: str) -> float:
     return sample(server.metrics.text().decode(), name, labels)
 
 
-async def _request(
-    port: int,
-    path: str,
-    body: dict[str, object] | None = None,
-    headers: str = "",
-    method: str = "POST",
-) -> tuple[int, dict[str, str], bytes]:
-    """One request on its own connection; the whole answer (bounded)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    data = json.dumps(body).encode() if body is not None else b""
-    writer.write(
-        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}"
-        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
-        + data
-    )
-    raw = await asyncio.wait_for(reader.read(), 20)
-    writer.close()
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode().split("\r\n")
-    fields = dict(line.lower().split(": ", 1) for line in lines)
-    return int(status_line.split()[1]), fields, rest
-
-
 async def test_api_keys_guard_generation_but_not_health_or_metrics(
     make_http_server: HttpServerFactory,
 ) -> None:
     server = await make_http_server(api_key="s3cret-http")
     port = server.http_port
-    status, _, body = await _request(port, "/v1/chat/completions", CHAT)
+    status, _, body = await http_request(port, "/v1/chat/completions", CHAT)
     assert status == 401
     assert json.loads(body)["error"]["type"] == "authentication_error"
-    status, _, _ = await _request(
+    status, _, _ = await http_request(
         port, "/v1/chat/completions", CHAT, "Authorization: Bearer wrong\r\n"
     )
     assert status == 401
-    status, _, _ = await _request(
+    status, _, _ = await http_request(
         port, "/v1/chat/completions", CHAT, "Authorization: Bearer s3cret-http\r\n"
     )
     assert status == 200
-    assert (await _request(port, "/health", method="GET"))[0] == 200
-    assert (await _request(port, "/metrics", method="GET"))[0] == 200
+    assert (await http_request(port, "/health", method="GET"))[0] == 200
+    assert (await http_request(port, "/metrics", method="GET"))[0] == 200
     assert (
         metric(server, "tokenwire_http_requests_total", route="/v1/chat/completions", status="401")
         == 2
@@ -120,11 +97,11 @@ async def test_a_duplicate_live_request_id_is_409_and_a_full_queue_429_with_retr
 ) -> None:
     server = await make_http_server(sim_itl_ms=20, max_concurrent_requests=1, max_queue=0)
     _, first = await open_stream(server.http_port, LONG, "X-Request-Id: same-id\r\n")
-    status, fields, body = await _request(
+    status, fields, body = await http_request(
         server.http_port, "/v1/chat/completions", CHAT, "X-Request-Id: same-id\r\n"
     )
     assert status == 409 and fields["x-request-id"] == "same-id"
-    status, fields, body = await _request(server.http_port, "/v1/chat/completions", CHAT)
+    status, fields, body = await http_request(server.http_port, "/v1/chat/completions", CHAT)
     assert status == 429
     assert int(fields["retry-after"]) >= 1
     assert json.loads(body)["error"]["type"] == "rate_limit_error"
@@ -180,7 +157,9 @@ async def test_keepalives_during_a_long_prefill_do_not_break_the_official_sdk(
     make_http_server: HttpServerFactory,
 ) -> None:
     server = await make_http_server(sim_ttft_ms=600, http_keepalive_s=0.1)
-    raw = (await _request(server.http_port, "/v1/chat/completions", {**CHAT, "stream": True}))[2]
+    raw = (await http_request(server.http_port, "/v1/chat/completions", {**CHAT, "stream": True}))[
+        2
+    ]
     assert b": keepalive\n" in raw  # sent while the first token was pending
     async with openai.AsyncOpenAI(
         base_url=base_url(server) + "/v1", api_key="x", max_retries=0
@@ -200,7 +179,7 @@ async def test_spans_continue_traceparent_and_endings_are_logged_with_usage(
     server.tracing.add_exporter(exporter, batch=False)
     trace_id, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
     caplog.set_level(logging.INFO, logger="tokenwire.server")
-    status, _, _ = await _request(
+    status, _, _ = await http_request(
         server.http_port,
         "/v1/completions",
         {"prompt": "hi", "max_tokens": 3},
@@ -224,13 +203,13 @@ async def test_spans_continue_traceparent_and_endings_are_logged_with_usage(
 async def test_health_is_503_with_the_reason_when_the_engine_cannot_serve(
     http_server: Server,
 ) -> None:
-    status, _, body = await _request(http_server.http_port, "/health", method="GET")
+    status, _, body = await http_request(http_server.http_port, "/health", method="GET")
     assert status == 200 and json.loads(body)["status"] == "serving"
     http_server.engine._closed = True  # type: ignore[attr-defined]  # the simulator's own flag
     try:
-        status, _, body = await _request(http_server.http_port, "/health", method="GET")
+        status, _, body = await http_request(http_server.http_port, "/health", method="GET")
         assert status == 503 and "engine" in json.loads(body)["reason"]
-        status, _, body = await _request(http_server.http_port, "/v1/chat/completions", CHAT)
+        status, _, body = await http_request(http_server.http_port, "/v1/chat/completions", CHAT)
         assert status == 503
     finally:
         http_server.engine._closed = False  # type: ignore[attr-defined]
@@ -260,7 +239,7 @@ async def test_the_clients_timeout_is_a_deadline_that_aborts_the_engine_request(
 ) -> None:
     # The official SDKs send their timeout as X-Stainless-Timeout: past it nobody reads.
     server = await make_http_server(sim_itl_ms=10)
-    status, _, raw = await _request(
+    status, _, raw = await http_request(
         server.http_port, "/v1/chat/completions", LONG, "X-Stainless-Timeout: 0.3\r\n"
     )
     assert status == 200  # the stream had started: the deadline ends it in the stream
@@ -279,10 +258,27 @@ async def test_a_whole_answer_is_bounded_like_grpc_complete(
 ) -> None:
     server = await make_http_server(max_message_bytes=65536, sim_itl_ms=0)
     sure = {**CHAT, "max_tokens": 8000, "ignore_eos": True, "logprobs": True, "top_logprobs": 5}
-    status, _, raw = await _request(server.http_port, "/v1/chat/completions", sure)
+    status, _, raw = await http_request(server.http_port, "/v1/chat/completions", sure)
     assert status == 400 and json.loads(raw)["error"]["param"] == "max_tokens"
     grows = {**sure, "stop": ["never said"]}
-    status, _, raw = await _request(server.http_port, "/v1/chat/completions", grows)
+    status, _, raw = await http_request(server.http_port, "/v1/chat/completions", grows)
     assert status == 413 and json.loads(raw)["error"]["code"] == "too_large"
     assert server.engine.in_flight() == 0
     assert metric(server, "tokenwire_aborts_total", reason="error") == 1
+
+
+async def test_a_second_signal_cuts_the_drain_short_for_http_streams_too(
+    make_http_server: HttpServerFactory,
+) -> None:
+    server = await make_http_server(sim_itl_ms=10)
+    live_reader, live = await open_stream(server.http_port, LONG)
+    stopping = asyncio.create_task(server.stop(grace=30))
+    await async_wait_for(lambda: server.core.grace_ends_at is not None)
+    await server.hurry()  # what serve() does on the second SIGINT/SIGTERM
+    rest = await asyncio.wait_for(live_reader.readuntil(b"data: [DONE]\n\n"), 10)
+    error = json.loads(rest.split(b"data: ")[-2].strip())
+    assert error["error"]["code"] == "shutting_down"
+    await asyncio.wait_for(stopping, 15)  # well inside the 30 s grace
+    assert server.metrics._aborts["shutdown"] == 1  # the provider is shut: read the count
+    assert server.engine.in_flight() == 0
+    live.close()

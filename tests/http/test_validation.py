@@ -10,7 +10,7 @@ import pytest
 
 from tokenwire.server.app import Server
 
-from .test_guarantees import _request
+from ..helpers import http_request
 
 CHAT: dict[str, object] = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 COMPLETION: dict[str, object] = {"prompt": "hi", "max_tokens": 4}
@@ -61,7 +61,7 @@ CASES = [
 async def test_bad_input_is_400_naming_the_param(
     http_server: Server, path: str, body: dict[str, object], param: str
 ) -> None:
-    status, _, raw = await _request(http_server.http_port, path, body)
+    status, _, raw = await http_request(http_server.http_port, path, body)
     assert status == 400, raw
     error = json.loads(raw)["error"]
     assert error["param"] == param
@@ -75,7 +75,7 @@ async def test_the_server_goes_on_after_garbage(http_server: Server) -> None:
     for junk in (b"\xff\xfe", b"[1, 2]", b"null", b'{"messages": [null]}'):
         answer = await _request_bytes(http_server.http_port, junk)
         assert answer.startswith(b"HTTP/1.1 400"), answer
-    status, _, _ = await _request(http_server.http_port, "/v1/chat/completions", CHAT)
+    status, _, _ = await http_request(http_server.http_port, "/v1/chat/completions", CHAT)
     assert status == 200
 
 

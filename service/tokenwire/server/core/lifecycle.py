@@ -1,8 +1,8 @@
 """The life of a request, whichever door it came in by: admit, submit, abort once.
 
-    with core.call("Generate", headers, time_remaining) as call:     # span
-        async with core.generation(request, call) as gen:           # admission, submit, abort
-            async for flush in coalescing.flushes(gen.handle, ...):  # the door sends each
+    with core.call("Generate", headers, time_remaining) as call:  # span
+        async with core.generation(request, call) as gen:        # admission, submit, abort
+            async for flush in core.flushes(gen):                 # the door sends each
                 ...
 
 Every way a call can end goes through ``generation``'s exit: a request the

@@ -315,26 +315,28 @@ class _Writer:
     """Every body write after submit, with the stalled-reader clock running while
     flow control holds it back (the last ones too: [DONE] and the end)."""
 
-    __slots__ = ("_send", "_watched")
+    __slots__ = ("last_write", "send", "watched")
 
     def __init__(self, send: Send, watched: Watched) -> None:
-        self._send = send
-        self._watched = watched
+        self.send = send
+        self.watched = watched
+        self.last_write = time.monotonic()  # when the latest write began
 
     async def part(self, data: bytes) -> None:
-        self._watched.write_since = time.monotonic()
-        await asgi.send_part(self._send, data)
-        self._watched.write_since = None
+        await self._timed({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self) -> None:
-        self._watched.write_since = time.monotonic()
-        await asgi.end_stream(self._send)
-        self._watched.write_since = None
+        await self._timed({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def whole(self, status: int, body: bytes, headers: asgi.Headers) -> None:
-        self._watched.write_since = time.monotonic()
-        await asgi.send_bytes(self._send, status, body, headers=headers)
-        self._watched.write_since = None
+        self.watched.write_since = self.last_write = time.monotonic()
+        await asgi.send_bytes(self.send, status, body, headers=headers)
+        self.watched.write_since = None
+
+    async def _timed(self, message: asgi.Message) -> None:
+        self.watched.write_since = self.last_write = time.monotonic()
+        await self.send(message)
+        self.watched.write_since = None
 
 
 class _Keepalive:
@@ -349,16 +351,15 @@ class _Keepalive:
         self._task = asyncio.create_task(self._run()) if interval > 0 else None
 
     async def _run(self) -> None:
-        # The writer's clock says when the last write began: quiet since then?
-        watched = self._out._watched
-        last = time.monotonic()
+        out = self._out
         while True:
-            await asyncio.sleep(max(last + self._interval - time.monotonic(), 0))
-            if watched.write_since is not None:  # a write is under way (or held back)
-                last = time.monotonic()
-                continue
-            last = time.monotonic()
-            await asgi.send_part(self._out._send, framing.SSE_KEEPALIVE)
+            await asyncio.sleep(max(out.last_write + self._interval - time.monotonic(), 0))
+            # Quiet for the whole interval, and no write under way (or held back)?
+            if out.watched.write_since is None and (
+                time.monotonic() - out.last_write >= self._interval
+            ):
+                out.last_write = time.monotonic()
+                await asgi.send_part(out.send, framing.SSE_KEEPALIVE)
 
     def stop(self) -> None:
         if self._task is not None:
