@@ -64,7 +64,7 @@ async def steps(
         yield step
 
 
-async def flushes(
+def flushes(
     handle: GenerationHandle,
     plan: StreamPlan,
     progress: Progress,
@@ -73,9 +73,46 @@ async def flushes(
 ) -> AsyncGenerator[Flush, None]:
     """The flushes of ``handle``'s stream, grouped as ``plan`` says; each one's token
     count goes to ``tokens_per_message`` (the metrics' histogram)."""
+    if plan.step > 1 and plan.max_delay_s != 0:
+        return _grouped(handle, plan, progress, watched, tokens_per_message)
+    return _each_step(handle, progress, watched, tokens_per_message)
+
+
+async def _each_step(
+    handle: GenerationHandle,
+    progress: Progress,
+    watched: Watched,
+    tokens_per_message: Callable[[float], None],
+) -> AsyncGenerator[Flush, None]:
+    """A flush per sequence per engine step: the path of most streams, kept short,
+    since it runs once per message."""
+    it = handle.__aiter__()
+    counts, update, clock = progress.counts, progress.update, time.monotonic
+    while True:
+        watched.engine_since = clock()
+        try:
+            step = await anext(it)
+        except StopAsyncIteration:
+            return
+        watched.engine_since = None
+        update(step)
+        last = len(step) - 1 if progress.remaining == 0 else -1
+        for i, d in enumerate(step):
+            tokens_per_message(len(d.token_ids))
+            yield Flush(d.index, (d,), counts[d.index], i == last)
+
+
+async def _grouped(
+    handle: GenerationHandle,
+    plan: StreamPlan,
+    progress: Progress,
+    watched: Watched,
+    tokens_per_message: Callable[[float], None],
+) -> AsyncGenerator[Flush, None]:
+    """Hold each sequence's tokens until ``plan.step`` are ready, it ends, or the
+    oldest held token has waited ``plan.max_delay_s``."""
     loop = asyncio.get_running_loop()
     it = handle.__aiter__()
-    hold = plan.step > 1 and plan.max_delay_s != 0
     pending: dict[int, list[SequenceDelta]] = {}
     held = [0] * len(progress.counts)  # tokens held per index
     oldest: float | None = None  # when the oldest held token arrived
@@ -83,6 +120,7 @@ async def flushes(
     while True:
         out: list[Flush] = []
         if watched.engine_since is None:
+            # Not after a delay bound's flush: the engine wait goes on.
             watched.engine_since = time.monotonic()
         try:
             if oldest is not None and plan.max_delay_s is not None:
@@ -113,16 +151,12 @@ async def flushes(
         watched.engine_since = None
         progress.update(step)
         for d in step:
-            if not hold:
-                out.append(Flush(d.index, (d,), counts[d.index], False))
-                continue
             pending.setdefault(d.index, []).append(d)
             held[d.index] += len(d.token_ids)
             if d.finish_reason is not None or held[d.index] >= plan.step:
                 held[d.index] = 0
                 out.append(Flush(d.index, pending.pop(d.index), counts[d.index], False))
-        if hold:
-            oldest = (oldest or loop.time()) if pending else None
+        oldest = (oldest or loop.time()) if pending else None
         if progress.remaining == 0 and out:
             out[-1].last = True
         for flush in out:

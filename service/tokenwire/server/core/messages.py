@@ -93,6 +93,44 @@ def stream_message(
     return msg
 
 
+class StreamMessages:
+    """One gRPC stream's messages, most of them written into one reused object.
+
+    grpc.aio serializes a message inside ``context.write`` before that call first
+    awaits (``_ServicerContext.write`` passes ``serialize(...)`` as an argument),
+    so once a write has returned the object is free for the next flush. Setting
+    its five fields costs a third of building a message anew, a few hundred
+    nanoseconds of every message. Flushes with logprobs, a stop match or several
+    deltas, and the call's last (usage, timing), get a message of their own.
+    """
+
+    __slots__ = ("_msg", "_request_id")
+
+    def __init__(self, request_id: str) -> None:
+        self._request_id = request_id
+        self._msg = pb.GenerateResponse(request_id=request_id)
+
+    def of(self, flush: Flush, progress: Progress, handle: GenerationHandle) -> pb.GenerateResponse:
+        """The message for ``flush``; valid until the next call."""
+        deltas = flush.deltas
+        d = deltas[0]
+        if (
+            len(deltas) > 1
+            or flush.last
+            or d.logprobs
+            or d.cumulative_logprob is not None
+            or d.stop_match is not None
+        ):
+            return stream_message(self._request_id, flush, progress, handle)
+        msg = self._msg
+        msg.index = flush.index
+        msg.text = d.text
+        msg.token_ids[:] = d.token_ids
+        msg.completion_tokens = flush.completion_tokens
+        msg.finish_reason = FINISH_REASONS[d.finish_reason]
+        return msg
+
+
 def usage(progress: Progress, cached: int) -> pb.Usage:
     return pb.Usage(
         prompt_tokens=progress.prompt_tokens,

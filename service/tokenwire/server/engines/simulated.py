@@ -69,6 +69,10 @@ class SimulatorConfig:
     ttft_s: float = 0.0
     itl_s: float = 0.0
     max_context_length: int = 32768
+    max_catch_up: int = _MAX_CATCH_UP
+    """Most overdue tokens one step hands over. 1 models an engine whose result
+    queue holds one response per iteration, read one at a time (the benchmark's
+    SSE peer, as trtllm-serve reads it); tokens still fall due on the clock."""
 
 
 class _Words:
@@ -198,6 +202,7 @@ class _SimHandle:
         self._request = request
         self._next_due = now + engine._config.ttft_s
         self._itl = engine._config.itl_s
+        self._catch_up = max(engine._config.max_catch_up, 1)
         # The "model" reads its prompt: the text is a function of the prompt and the
         # seed. Without a seed it is a pretend greedy model (same prompt, same answer).
         prompt = _prompt_key(request.prompt_token_ids)
@@ -246,7 +251,7 @@ class _SimHandle:
         steps = min(max(self._request.stream_step, 1), _MAX_CATCH_UP)
         if self._itl > 0:
             overdue = self._loop.time() - self._next_due
-            steps = min(_MAX_CATCH_UP, 1 + max(0, int(overdue / self._itl)))
+            steps = min(self._catch_up, 1 + max(0, int(overdue / self._itl)))
             self._next_due += steps * self._itl
         if steps == 1 and self._plain:
             deltas = [self._advance_one(seq) for seq in self._sequences if not seq.done]

@@ -84,11 +84,11 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             self.core.generation(request, call) as gen,
         ):
             handle, progress, watched = gen.handle, gen.progress, gen.watched
-            request_id = gen.plan.request_id
+            message = messages.StreamMessages(gen.plan.request_id).of
             flushes = self.core.flushes(gen)
             async with aclosing(flushes):  # closed at once, also on a cancel
                 async for f in flushes:
-                    msg = messages.stream_message(request_id, f, progress, handle)
+                    msg = message(f, progress, handle)
                     # While a write waits, flow control is holding us back: the
                     # watchdog gives up on a reader that stays stuck.
                     watched.write_since = time.monotonic()
