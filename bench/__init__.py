@@ -1,6 +1,7 @@
 """tokenwire's benchmark harness: figures as ratios to baselines measured in the same run.
 
-    make bench          # every scenario, full sizes (under 10 minutes); writes bench/results/
+    make bench                       # every scenario, full sizes (under 10 minutes)
+    make bench SCENARIOS=saturation  # some, by name: throughput saturation latency cancel memory
     tests/bench/test_smoke.py: every scenario, tiny sizes, into a temporary folder
 
 Processes (all on 127.0.0.1, each its own interpreter, sharing the machine's cores):

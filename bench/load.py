@@ -7,8 +7,10 @@ replaced (closed loop), so one error does not silently lower the load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import aiohttp
 import grpc
@@ -18,6 +20,9 @@ from .clients import Client
 from .records import LatencySample, SaturationSample, StreamSpec, Target
 
 STOP_GRACE_S = 10.0  # bound on tearing down a point's streams
+# Bound on waiting for every stream of a point to deliver its first token: within
+# STOP_GRACE_S, which the closed loops run past the window anyway.
+FLOWING_BOUND_S = 5.0
 
 
 class Counters:
@@ -81,6 +86,39 @@ class CpuClock:
         return server.user + server.system, me.user + me.system, busy
 
 
+class _Flowing:
+    """Set once every slot of a point has had a token."""
+
+    __slots__ = ("event", "waiting")
+
+    def __init__(self, slots: int) -> None:
+        self.waiting = slots
+        self.event = asyncio.Event()
+
+    def one(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.event.set()
+
+
+class Slot:
+    """One closed-loop task's sink: its own token count (its delivered rate), forwarded to
+    the point's shared Counters."""
+
+    __slots__ = ("flowing", "shared", "tokens")
+
+    def __init__(self, shared: Counters, flowing: _Flowing) -> None:
+        self.shared = shared
+        self.flowing = flowing
+        self.tokens = 0
+
+    def message(self, at: float, tokens: int) -> None:
+        if tokens and not self.tokens:
+            self.flowing.one()
+        self.tokens += tokens
+        self.shared.message(at, tokens)
+
+
 async def saturate(
     client: Client,
     target: Target,
@@ -88,24 +126,33 @@ async def saturate(
     streams: int,
     warmup_s: float,
     window_s: float,
+    per_stream: bool = False,
 ) -> SaturationSample:
-    """``streams`` closed-loop streams; count what arrives in a window after a warmup."""
-    counters = Counters()
+    """``streams`` closed-loop streams; count what arrives in a window after a warmup (and
+    once every stream is flowing). ``per_stream``: record each slot's rate as well."""
+    counters, flowing = Counters(), _Flowing(streams)
+    slots = [Slot(counters, flowing) for _ in range(streams)]
     until = time.perf_counter() + warmup_s + window_s + STOP_GRACE_S
-
-    def run() -> Awaitable[None]:
-        return client.run_stream(spec, counters)
-
-    tasks = [asyncio.create_task(_closed_loop(run, until, counters)) for _ in range(streams)]
+    tasks = [
+        asyncio.create_task(_closed_loop(partial(client.run_stream, spec, slot), until, counters))
+        for slot in slots
+    ]
     clock = CpuClock(target.pid)
     try:
         await asyncio.sleep(warmup_s)
+        # A window that opened while some streams were still queued to start would
+        # charge their start to the fairness figures: wait (bounded) for the last.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(flowing.event.wait(), FLOWING_BOUND_S)
         t0, tok0, msg0, cpu0 = time.perf_counter(), counters.tokens, counters.messages, clock.read()
+        start = [slot.tokens for slot in slots]
         await asyncio.sleep(window_s)
         t1, tok1, msg1, cpu1 = time.perf_counter(), counters.tokens, counters.messages, clock.read()
+        end = [slot.tokens for slot in slots]
     finally:
         await stop_tasks(tasks)
     server_s, client_s = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    rates = [round((b - a) / (t1 - t0), 1) for a, b in zip(start, end, strict=True)]
     return SaturationSample(
         server=target.kind,
         step=spec.step,
@@ -118,6 +165,7 @@ async def saturate(
         other_cpu_s=max(0.0, cpu1[2] - cpu0[2] - server_s - client_s),
         errors=counters.errors,
         first_error=counters.first_error,
+        stream_rates=rates if per_stream else [],
     )
 
 

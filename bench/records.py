@@ -33,7 +33,7 @@ class StreamSpec:
 
 @dataclass(slots=True)
 class SaturationSample:
-    """One measured window of closed-loop streams."""
+    """One measured window of closed-loop streams (the throughput and saturation scenarios)."""
 
     server: ServerKind
     step: int
@@ -46,6 +46,9 @@ class SaturationSample:
     other_cpu_s: float  # busy CPU of everything else on the machine: the noise
     errors: int
     first_error: str | None = None
+    repetition: int = 0  # set by the scenario: pairs a server's window with the ceiling's
+    # Each closed-loop slot's delivered tokens/s over the window (when asked for): fairness.
+    stream_rates: list[float] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:

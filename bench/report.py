@@ -1,5 +1,9 @@
-"""The run's outputs: ``<date>.json`` (everything), ``<date>.md`` (the report), plots, and
-the figures block of docs/performance.md."""
+"""The run's outputs: ``<stem>.json`` (everything), ``<stem>.md`` (the report), plots, and
+the figures block of docs/performance.md.
+
+The stem is the date for a run of every scenario, and the date followed by the
+scenarios' names for a run of some: a partial run never overwrites a full one.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +11,44 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from . import plots
-from .records import SaturationSample, ServerKind
+from .method import method
+from .records import ServerKind
 from .sizes import Sizes
 from .summary import (
-    SERIES,
+    SATURATION_SERIES,
+    THROUGHPUT_SERIES,
     CancelSummary,
     LatencySummary,
     MemorySummary,
     SaturationPoint,
+    Sweep,
     point,
 )
 from .targets import TargetRow
 
-SECTIONS = (
-    "## Targets",
-    "## Method",
-    "## Saturation",
-    "## Latency",
-    "## Cancellation",
-    "## Memory",
-)
 DOCS_BEGIN = "<!-- bench:begin (written by make bench) -->"
 DOCS_END = "<!-- bench:end -->"
+PLOTS = ("throughput", "saturation", "latency")  # each drawn when its scenario ran
 
 
 @dataclass(slots=True)
 class Results:
     date: str
+    stem: str  # the files' name: the date, or the date and the scenarios run
+    scenarios: tuple[str, ...]
+    command: str  # what ran: make bench, or python -m bench and the scenarios' names
     started: str
     duration_s: float
     sizes: Sizes
     machine: dict[str, Any]
-    samples: list[SaturationSample]
-    points: list[SaturationPoint]
+    throughput: Sweep
+    saturation: Sweep
     latency: dict[ServerKind, LatencySummary]
     cancel: dict[ServerKind, CancelSummary]
     memory: dict[ServerKind, MemorySummary]
@@ -66,35 +69,45 @@ def _clean(value: Any) -> Any:
 def write(results: Results, out: Path) -> dict[str, Path]:
     """Write the JSON, the plots and the Markdown report into ``out``; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out / f"{results.date}.json",
-        "markdown": out / f"{results.date}.md",
-        "throughput": out / f"{results.date}-throughput.png",
-        "latency": out / f"{results.date}-latency.png",
+    paths = {"json": out / f"{results.stem}.json", "markdown": out / f"{results.stem}.md"}
+    paths |= {
+        name: out / f"{results.stem}-{name}.png" for name in PLOTS if name in results.scenarios
+    }
+    sections: dict[str, Any] = {
+        "throughput": asdict(results.throughput),
+        "saturation": asdict(results.saturation),
+        "latency": {k: asdict(v) for k, v in results.latency.items()},
+        "cancel": {k: asdict(v) for k, v in results.cancel.items()},
+        "memory": {k: asdict(v) for k, v in results.memory.items()},
     }
     data = {
         "date": results.date,
+        "scenarios": list(results.scenarios),
         "started": results.started,
         "duration_s": results.duration_s,
         "sizes": asdict(results.sizes),
         "machine": results.machine,
-        "saturation": {
-            "points": [asdict(p) for p in results.points],
-            "samples": [asdict(s) for s in results.samples],
-        },
-        "latency": {k: asdict(v) for k, v in results.latency.items()},
-        "cancellation": {k: asdict(v) for k, v in results.cancel.items()},
-        "memory": {k: asdict(v) for k, v in results.memory.items()},
+        **{name: sections[name] for name in results.scenarios},
         "targets": [asdict(t) for t in results.targets],
     }
     paths["json"].write_text(json.dumps(_clean(data), indent=1) + "\n")
-    plots.throughput(results.points, paths["throughput"])
-    plots.latency_cdf(results.latency, paths["latency"])
+    if "throughput" in paths:
+        plots.throughput(results.throughput.points, paths["throughput"])
+    if "saturation" in paths:
+        ceiling = point(results.saturation.points, "bare", 1, results.sizes.ceiling_streams)
+        plots.saturation(
+            results.saturation.points,
+            ceiling.messages_per_s if ceiling else math.nan,
+            paths["saturation"],
+        )
+    if "latency" in paths:
+        plots.latency_cdf(results.latency, paths["latency"])
     paths["markdown"].write_text(markdown(results, paths))
     return paths
 
 
 def targets_table(rows: Sequence[TargetRow]) -> str:
+    """The verdicts: what each target is judged on, and the result."""
     lines = ["| target | goal | measured | result |", "|---|---|---|---|"]
     for row in rows:
         verdict = {True: "pass", False: "**fail**", None: "n/a"}[row.passed]
@@ -106,65 +119,108 @@ def _f(value: float, spec: str = ",.0f") -> str:
     return "n/a" if math.isnan(value) else format(value, spec)
 
 
+def _repetitions(sizes: Sizes) -> str:
+    n = sizes.repetitions
+    return f"{n} repetition{'s' if n != 1 else ''}"
+
+
+def _pct(share: float) -> str:
+    return f"{_f(share * 100, '.0f')}%"
+
+
+def machine_text(r: Results) -> str:
+    """The machine the figures came from, and how busy it was with other work."""
+    m = r.machine
+    others = ", ".join(
+        f"{name} {_pct(share)}" for name, share in m.get("other_cpu_share", {}).items()
+    )
+    return (
+        f"{m['cpus']} cores ({m['platform']}), Python {m['python']}, grpcio {m['grpcio']}. "
+        f"Load average {m['loadavg_start']} at the start and {m['loadavg_end']} at the end"
+        + (
+            f"; other processes' share of one core, median of the windows: {others}"
+            if others
+            else ""
+        )
+        + "."
+    )
+
+
+def figures(r: Results) -> list[str]:
+    """The absolute figures behind each verdict, with the machine they came from."""
+    lines = [machine_text(r), ""]
+    lines += [f"- {row.name}: {row.figures}" for row in r.targets if row.passed is not None]
+    skipped = sum(row.passed is None for row in r.targets)
+    if skipped:
+        lines.append(f"- {skipped} targets not measured in this run (n/a).")
+    return lines
+
+
 def markdown(r: Results, paths: Mapping[str, Path]) -> str:
-    s, m = r.sizes, r.machine
-    noise = m.get("other_cpu_share_median", math.nan)
+    s = r.sizes
     parts = [
         f"# tokenwire benchmark, {r.date}",
         "",
-        f"`make bench` ({s.name} sizes), started {r.started}, took {r.duration_s:.0f} s on "
-        f"{m['cpus']} cores ({m['platform']}, Python {m['python']}, grpcio {m['grpcio']}). "
-        f"Load average {m['loadavg_start']} at the start and {m['loadavg_end']} at the end; "
-        f"other processes used a median {_f(noise * 100, '.0f')}% of one core during the "
-        "saturation windows.",
+        f"`{r.command}` ({s.name} sizes), started {r.started}, took {r.duration_s:.0f} s.",
         "",
         "## Targets",
         "",
         targets_table(r.targets),
         "",
+        "## Figures of this run",
+        "",
+        *figures(r),
+        "",
         "## Method",
         "",
-        METHOD.format(
-            reps=s.repetitions,
-            window=s.window_s,
-            warmup=s.warmup_s,
-            max_tokens=s.saturation_max_tokens,
-            streams=s.latency_streams,
-            ttft=s.latency_ttft_ms,
-            itl=s.latency_itl_ms,
-            rate=1000.0 / s.latency_itl_ms,
-            latency_tokens=s.latency_max_tokens,
-            rounds=s.cancel_rounds * s.repetitions,
-            cancel_streams=s.cancel_streams,
-            idle=s.idle_streams,
-            slow=s.slow_readers,
-            slow_s=s.slow_sample_s,
-        ),
-        "",
-        "## Saturation",
-        "",
-        f"![throughput]({paths['throughput'].name})",
-        "",
-        _saturation_table(r.points),
-        "",
-        "## Latency",
-        "",
-        f"![latency]({paths['latency'].name})",
-        "",
+        method(s, r.scenarios),
+    ]
+    if "throughput" in r.scenarios:
+        parts += [
+            "",
+            "## Throughput (engine on demand)",
+            "",
+            f"![throughput]({paths['throughput'].name})",
+            "",
+            _throughput_table(r.throughput.points),
+        ]
+    if "saturation" in r.scenarios:
+        parts += [
+            "",
+            "## Saturation (engine on its own clock)",
+            "",
+            f"![saturation]({paths['saturation'].name})",
+            "",
+            _saturation_table(r.saturation.points, s.ceiling_streams),
+        ]
+    if "latency" in r.scenarios:
+        parts += ["", "## Latency", "", f"![latency]({paths['latency'].name})", "", *_latency(r)]
+    if "cancel" in r.scenarios:
+        parts += ["", "## Cancellation", ""]
+        for c in r.cancel.values():
+            parts += _cancellation(c)
+    if "memory" in r.scenarios:
+        parts += ["", "## Memory", "", *_memory(r)]
+    parts += ["", f"Raw figures: [{paths['json'].name}]({paths['json'].name}).", ""]
+    return "\n".join(parts)
+
+
+def _latency(r: Results) -> list[str]:
+    lines = [
         "| server | added per token p50 | p99 | added TTFT p50 | p99 "
         "| per token from the first p50 | p99 | token samples | server CPU | others' CPU "
         "| errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, lat in r.latency.items():
-        parts.append(
+        lines.append(
             f"| {kind} | {_f(lat.token_p50_ms, '.2f')} ms | {_f(lat.token_p99_ms, '.2f')} ms "
             f"| {_f(lat.ttft_p50_ms, '.2f')} ms | {_f(lat.ttft_p99_ms, '.2f')} ms "
             f"| {_f(lat.stream_p50_ms, '.2f')} ms | {_f(lat.stream_p99_ms, '.2f')} ms "
-            f"| {lat.token_samples:,} | {_f(lat.server_cpu_share * 100, '.0f')}% "
-            f"| {_f(lat.other_cpu_share * 100, '.0f')}% | {lat.errors} |"
+            f"| {lat.token_samples:,} | {_pct(lat.server_cpu_share)} "
+            f"| {_pct(lat.other_cpu_share)} | {lat.errors} |"
         )
-    parts += [
+    lines += [
         "",
         "Added delays run from the client's send: a stream that starts late is late by as "
         'much on every token, so the per-token figure includes the start-up delay. "Per '
@@ -173,25 +229,22 @@ def markdown(r: Results, paths: Mapping[str, Path]) -> str:
         "the window; others' CPU is everything else the machine ran meanwhile (other work on "
         "a shared machine shows up here first).",
     ]
-    parts += ["", "## Cancellation", ""]
-    for c in r.cancel.values():
-        parts += _cancellation(c)
-    parts += [
-        "",
-        "## Memory",
-        "",
+    return lines
+
+
+def _memory(r: Results) -> list[str]:
+    lines = [
         "| server | RSS per idle stream | RSS before | stopped readers: RSS slope | growth "
         "| tokens generated | tokens read before the stop |",
         "|---|---|---|---|---|---|---|",
     ]
     for kind, mem in r.memory.items():
-        parts.append(
+        lines.append(
             f"| {kind} | {_f(mem.idle_kb_per_stream, '.1f')} KB | {_f(mem.idle_base_mb, '.1f')} MB "
             f"| {_f(mem.slow_slope_kb_per_s, '.1f')} KB/s | {_f(mem.slow_growth_kb, '.0f')} KB "
             f"| {_f(mem.slow_tokens_generated)} | {mem.slow_tokens_read:,} |"
         )
-    parts += ["", f"Raw figures: [{paths['json'].name}]({paths['json'].name}).", ""]
-    return "\n".join(parts)
+    return lines
 
 
 _CANCEL_HOW: dict[ServerKind, tuple[str, str]] = {
@@ -219,83 +272,100 @@ def _cancellation(c: CancelSummary) -> list[str]:
     ]
 
 
-def _saturation_table(points: Sequence[SaturationPoint]) -> str:
+Column = tuple[str, Callable[[SaturationPoint], str]]
+# Every rate with the CPU it cost beside it, per token and per message.
+_RATES: tuple[Column, ...] = (
+    ("tokens/s", lambda p: _f(p.tokens_per_s)),
+    ("msgs/s", lambda p: _f(p.messages_per_s)),
+    ("tokens/msg", lambda p: _f(p.tokens_per_message, ".1f")),
+    ("server us/token", lambda p: _f(p.server_us_per_token, ".2f")),
+    ("server us/msg", lambda p: _f(p.server_us_per_message, ".1f")),
+    ("tokens per server CPU-s", lambda p: _f(p.tokens_per_server_cpu_s)),
+    ("client us/msg", lambda p: _f(p.client_us_per_message, ".1f")),
+)
+_NOISE: tuple[Column, ...] = (
+    ("others' CPU", lambda p: _pct(p.other_cpu_share)),
+    ("errors", lambda p: str(p.errors)),
+)
+
+
+def _table(
+    points: Sequence[SaturationPoint],
+    series: Sequence[tuple[ServerKind, int]],
+    columns: Sequence[Column],
+) -> str:
+    """One row per point, by concurrency, then in ``series``'s order."""
     lines = [
-        "Medians of the repetitions. Ratio: messages/s against the bare ceiling at the same "
-        "step and concurrency.",
-        "",
-        "| streams | server | step | tokens/s | msgs/s | vs bare | server us/msg | us/token "
-        "| tokens per server CPU-s | client us/msg | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(name for name, _ in columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     for streams in sorted({p.streams for p in points}):
-        for server, step in SERIES:
+        for server, step in series:
             p = point(points, server, step, streams)
-            if p is None:
-                continue
-            bare = point(points, "bare", step, streams)
-            vs = (
-                p.messages_per_s / bare.messages_per_s if bare and bare.messages_per_s else math.nan
-            )
-            lines.append(
-                f"| {streams:,} | {server} | {step} | {_f(p.tokens_per_s)} "
-                f"| {_f(p.messages_per_s)} | {_f(vs, '.2f')}x "
-                f"| {_f(p.server_us_per_message, '.1f')} | {_f(p.server_us_per_token, '.1f')} "
-                f"| {_f(p.tokens_per_server_cpu_s)} "
-                f"| {_f(p.client_us_per_message, '.1f')} | {p.errors} |"
-            )
+            if p is not None:
+                lines.append("| " + " | ".join(cell(p) for _, cell in columns) + " |")
     return "\n".join(lines)
 
 
-METHOD = """\
-- One machine, loopback only. The servers (tokenwire on its simulated engine, twice: one
-  measured on its gRPC door, one on its HTTP door's SSE, "http"; the bare grpc.aio
-  ceiling; the FastAPI SSE peer), the load generator and the orchestrator are separate
-  processes sharing the same cores: the load generator's CPU is taken from the servers'
-  budget, so absolute figures are lower than with a client on another machine. The four
-  servers run side by side and are measured point by point in turn (the order rotates
-  every repetition), so that noise from other work on the machine falls on all. Both SSE
-  servers get the same request (`return_token_ids`, `include_usage`, and tokenwire's
-  `stream_options.streaming_step` at step 4), one HTTP/1.1 connection per stream.
-- Every figure is the median of {reps} repetitions. Saturation: {window:.1f} s windows after
-  {warmup:.1f} s of warmup, closed loop (a finished stream is replaced at once), streams of
-  {max_tokens} tokens, `--sim-itl-ms 0`. Server CPU is the server process's user + system time
-  (psutil, all threads) over the window; client CPU likewise for the load generator.
-- Latency: {streams} streams at {rate:.0f} tokens/s each (`--sim-ttft-ms {ttft:.0f}
-  --sim-itl-ms {itl:.0f}`, {latency_tokens} tokens a stream, closed loop, starts spread over one
-  interval). Token i of a stream is due at send + ttft + i x itl on the client's clock
-  (CLOCK_MONOTONIC); the added delay is its arrival minus that. It includes the request's
-  trip to the server and its admission, the engine's timer granularity (uvloop timers tick
-  in whole milliseconds; the bare baseline sleeps on the same timers), the server's stream
-  path, the trip back and the client's decoding. Per-token figures leave out the first
-  token, which is the TTFT figure.
-- Cancellation (tokenwire's two doors, at the latency settings): {rounds} rounds of
-  {cancel_streams} streams; each waits for a token on every stream, cancels them all (gRPC
-  cancels; on HTTP, the client closes each stream's connection), then polls /metrics until
-  `tokenwire_engine_requests_in_flight` is 0.
-- Memory: fresh servers. RSS with {idle} streams open on an engine that never answers
-  (`--sim-ttft-ms 600000`), minus RSS before; and RSS sampled every 0.1 s for {slow_s:.1f} s
-  while {slow} readers that took one message are stopped (SIGSTOP) on a fast engine
-  (`--sim-itl-ms 0`, `--stall-timeout-s 600`). Tokens generated: the rise of
-  `tokenwire_tokens_total{{kind="completion"}}` over the readers' whole lives."""
+def _throughput_table(points: Sequence[SaturationPoint]) -> str:
+    def vs_bare(p: SaturationPoint) -> str:
+        bare = point(points, "bare", p.step, p.streams)
+        return _f(p.messages_per_s / bare.messages_per_s if bare else math.nan, ".2f") + "x"
+
+    columns: list[Column] = [
+        ("streams", lambda p: f"{p.streams:,}"),
+        ("server", lambda p: p.server),
+        ("step", lambda p: str(p.step)),
+        *_RATES,
+        ("msgs/s vs bare", vs_bare),
+        *_NOISE,
+    ]
+    return (
+        "Medians of the repetitions. msgs/s vs bare: against the bare ceiling at the same step "
+        "and concurrency.\n\n" + _table(points, THROUGHPUT_SERIES, columns)
+    )
+
+
+def _saturation_table(points: Sequence[SaturationPoint], ceiling_streams: int) -> str:
+    columns: list[Column] = [
+        ("streams", lambda p: f"{p.streams:,}"),
+        ("server", lambda p: p.server if p.server != "bare" else "bare (on demand: the ceiling)"),
+        *_RATES,
+        (
+            "slowest stream / median (worst repetition)",
+            lambda p: f"{_f(p.slowest_vs_median, '.2f')} ({_f(p.slowest_vs_median_worst, '.2f')})",
+        ),
+        ("p10 stream / median", lambda p: _f(p.p10_vs_median, ".2f")),
+        ("median stream tokens/s", lambda p: _f(p.median_stream_tokens_per_s)),
+        *_NOISE,
+    ]
+    return (
+        "Medians of the repetitions, step 1. Stream rates: each closed-loop stream's "
+        "delivered tokens/s over the window; the slowest and the 10th percentile against the "
+        "median stream, per repetition, then the median of the repetitions (the worst "
+        f"repetition's slowest in brackets). The bare ceiling at {ceiling_streams:,} streams "
+        "runs on demand among these points: the calibration.\n\n"
+        + _table(points, [*SATURATION_SERIES, ("bare", 1)], columns)
+    )
 
 
 def update_docs(docs: Path, results: Results, paths: Mapping[str, Path]) -> None:
     """Replace the figures block of docs/performance.md with this run's."""
     rel = Path(os.path.relpath(paths["markdown"].parent, docs.resolve().parent))
+    images = [f"![{name}]({rel / paths[name].name})" for name in PLOTS if name in paths]
     block = "\n".join(
         [
             DOCS_BEGIN,
             f"Latest run: {results.date} ([report]({rel / paths['markdown'].name}), "
-            f"[raw figures]({rel / paths['json'].name})), {results.sizes.repetitions} "
-            f"repetitions, {results.duration_s:.0f} s, on {results.machine['cpus']} cores "
+            f"[raw figures]({rel / paths['json'].name})), {_repetitions(results.sizes)}, "
+            f"{results.duration_s:.0f} s, on {results.machine['cpus']} cores "
             "shared by the servers and the load generator.",
             "",
             targets_table(results.targets),
             "",
-            f"![throughput]({rel / paths['throughput'].name})",
+            "**Figures of this run.** " + "\n".join(figures(results)),
             "",
-            f"![latency]({rel / paths['latency'].name})",
+            "\n\n".join(images),
             DOCS_END,
         ]
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from . import promtext
@@ -25,8 +25,16 @@ from .records import (
     StreamSpec,
 )
 from .sizes import Sizes
-from .stats import median, quantile
-from .summary import SERIES, CancelSummary, LatencySummary, latency_summary
+from .stats import median, quantile, ratio
+from .summary import (
+    SATURATION_SERIES,
+    THROUGHPUT_SERIES,
+    CancelSummary,
+    LatencySummary,
+    fairness,
+    latency_summary,
+    us_per,
+)
 
 MANY = ["--max-concurrent-requests=4096", "--max-queue=4096"]  # no admission limit in the way
 KINDS: tuple[ServerKind, ...] = ("tokenwire", "http", "bare", "sse")
@@ -59,54 +67,115 @@ def wait_idle(server: ServerProcess, within: float = 10.0) -> None:
     log(f"warning: tokenwire still busy {within:.0f}s after a point")
 
 
+Point = tuple[ServerKind, int, int]
+"""A closed-loop point: server, streaming step, concurrent streams."""
+
+
+def throughput(sizes: Sizes, worker: Worker) -> list[SaturationSample]:
+    """The engine on demand (``--sim-itl-ms 0``): every server as fast as it can go."""
+
+    def plan(rep: int) -> list[Point]:
+        return [
+            (kind, step, streams)
+            for streams in sizes.throughput_streams
+            for kind, step in _rotated(THROUGHPUT_SERIES, rep)
+            if step in sizes.throughput_steps
+        ]
+
+    return _sweep("throughput", sizes, worker, _engine_at(0.0), plan, sizes.throughput_max_tokens)
+
+
 def saturation(sizes: Sizes, worker: Worker) -> list[SaturationSample]:
-    tokenwire = ["--sim-ttft-ms=0", "--sim-itl-ms=0", *MANY]
-    flags: dict[ServerKind, list[str]] = {
+    """The engine on its own clock: a token falls due every ``saturation_itl_ms`` whether
+    or not anyone reads, and a reader that fell behind gets every overdue token in one
+    step (at most 64). Each repetition also measures the bare ceiling on demand at
+    ``ceiling_streams``, among the other points, as the calibration of the targets."""
+
+    def plan(rep: int) -> list[Point]:
+        levels = [
+            [(kind, step, streams) for kind, step in _rotated(SATURATION_SERIES, rep)]
+            for streams in sizes.saturation_streams
+        ]
+        calibration: list[Point] = [("bare", 1, sizes.ceiling_streams)]
+        return [p for level in _rotated([*levels, calibration], rep) for p in level]
+
+    return _sweep(
+        "saturation",
+        sizes,
+        worker,
+        _engine_at(sizes.saturation_itl_ms),
+        plan,
+        sizes.saturation_max_tokens,
+        per_stream=True,
+    )
+
+
+def _engine_at(itl_ms: float) -> dict[ServerKind, list[str]]:
+    """Every server's flags for an engine whose first token is due at once and then one
+    every ``itl_ms`` (0: on demand); the bare ceiling, which has no engine, on demand."""
+    tokenwire = ["--sim-ttft-ms=0", f"--sim-itl-ms={itl_ms:g}", *MANY]
+    return {
         "tokenwire": tokenwire,
         "http": tokenwire,
         "bare": [],
-        "sse": ["--ttft-ms=0", "--itl-ms=0"],
+        "sse": ["--ttft-ms=0", f"--itl-ms={itl_ms:g}"],
     }
+
+
+def _sweep(
+    label: str,
+    sizes: Sizes,
+    worker: Worker,
+    flags: dict[ServerKind, list[str]],
+    plan: Callable[[int], list[Point]],
+    max_tokens: int,
+    per_stream: bool = False,
+) -> list[SaturationSample]:
+    """Measure each repetition's points, in the order ``plan(rep)`` gives, on servers
+    started once with ``flags``."""
     samples: list[SaturationSample] = []
     timeout = sizes.warmup_s + sizes.window_s + 60.0
     with servers(flags) as running:
         for rep in range(sizes.repetitions):
-            for streams in sizes.saturation_streams:
-                for kind, step in _rotated(SERIES, rep):
-                    if step not in sizes.saturation_steps:
-                        continue
-                    raw = worker.call(
-                        "saturate",
-                        timeout,
-                        target=running[kind].target,
-                        spec=StreamSpec(sizes.saturation_max_tokens, step),
-                        streams=streams,
-                        warmup_s=sizes.warmup_s,
-                        window_s=sizes.window_s,
-                    )
-                    sample = SaturationSample(**raw)
-                    samples.append(sample)
-                    log(
-                        f"saturation {rep + 1}/{sizes.repetitions} {kind:9} step {step} "
-                        f"{streams:5} streams: {sample.tokens_per_s:9,.0f} tokens/s "
-                        f"{sample.messages_per_s:9,.0f} msgs/s, server "
-                        f"{_us(sample.server_cpu_s, sample.messages):5.1f} us/msg, client "
-                        f"{_us(sample.client_cpu_s, sample.messages):5.1f} us/msg, others "
-                        f"{sample.other_cpu_s / sample.window_s:4.0%} CPU"
-                        + (f", {sample.errors} errors" if sample.errors else "")
-                    )
-                    wait_idle(running[kind])
+            for kind, step, streams in plan(rep):
+                raw = worker.call(
+                    "saturate",
+                    timeout,
+                    target=running[kind].target,
+                    spec=StreamSpec(max_tokens, step),
+                    streams=streams,
+                    warmup_s=sizes.warmup_s,
+                    window_s=sizes.window_s,
+                    per_stream=per_stream,
+                )
+                sample = SaturationSample(**raw)
+                sample.repetition = rep
+                samples.append(sample)
+                log(f"{label} {rep + 1}/{sizes.repetitions} {_describe(sample)}")
+                wait_idle(running[kind])
         worker.call("close", 30.0)
     return samples
 
 
-def _us(cpu_s: float, count: int) -> float:
-    return cpu_s / count * 1e6 if count else math.nan
+def _describe(s: SaturationSample) -> str:
+    fair = ""
+    if s.stream_rates:
+        fair = f", slowest stream {fairness(s.stream_rates)[0]:.2f}x the median"
+    return (
+        f"{s.server:9} step {s.step} {s.streams:5} streams: {s.tokens_per_s:9,.0f} tokens/s "
+        f"{s.messages_per_s:9,.0f} msgs/s ({ratio(s.tokens, s.messages):5.1f} tokens/msg), "
+        f"server {us_per(s.server_cpu_s, s.messages):5.1f} us/msg, client "
+        f"{us_per(s.client_cpu_s, s.messages):5.1f} us/msg, others "
+        f"{s.other_cpu_s / s.window_s:4.0%} CPU{fair}"
+        + (f", {s.errors} errors" if s.errors else "")
+    )
 
 
 def latency_and_cancellation(
-    sizes: Sizes, worker: Worker
+    sizes: Sizes, worker: Worker, latency: bool = True, cancel: bool = True
 ) -> tuple[dict[ServerKind, LatencySummary], dict[ServerKind, CancelSummary]]:
+    """The latency scenario on every server, and cancellation on tokenwire's doors, on the
+    same servers (at the latency settings); either may be left out."""
     ttft, itl = sizes.latency_ttft_ms, sizes.latency_itl_ms
     tokenwire = [f"--sim-ttft-ms={ttft}", f"--sim-itl-ms={itl}", *MANY]
     flags: dict[ServerKind, list[str]] = {
@@ -115,38 +184,50 @@ def latency_and_cancellation(
         "bare": [f"--ttft-ms={ttft}", f"--itl-ms={itl}"],
         "sse": [f"--ttft-ms={ttft}", f"--itl-ms={itl}"],
     }
+    kinds = KINDS if latency else TOKENWIRE_KINDS  # cancellation needs tokenwire's alone
     spec = StreamSpec(sizes.latency_max_tokens, 1)
+    summaries: dict[ServerKind, LatencySummary] = {}
+    cancels: dict[ServerKind, CancelSummary] = {}
+    with servers({kind: flags[kind] for kind in kinds}) as running:
+        if latency:
+            summaries = _latency(sizes, worker, running, spec)
+        if cancel:
+            cancels = {
+                kind: cancellation(sizes, worker, running[kind], spec) for kind in TOKENWIRE_KINDS
+            }
+        worker.call("close", 30.0)
+    return summaries, cancels
+
+
+def _latency(
+    sizes: Sizes, worker: Worker, running: dict[ServerKind, ServerProcess], spec: StreamSpec
+) -> dict[ServerKind, LatencySummary]:
     reps: dict[ServerKind, list[LatencySample]] = {k: [] for k in KINDS}
     timeout = sizes.latency_warmup_s + sizes.latency_window_s + 60.0
-    with servers(flags) as running:
-        for rep in range(sizes.repetitions):
-            for kind in _rotated(KINDS, rep):
-                raw = worker.call(
-                    "latency",
-                    timeout,
-                    target=running[kind].target,
-                    spec=spec,
-                    streams=sizes.latency_streams,
-                    ttft_s=ttft / 1000.0,
-                    itl_s=itl / 1000.0,
-                    warmup_s=sizes.latency_warmup_s,
-                    window_s=sizes.latency_window_s,
-                )
-                sample = LatencySample(**raw)
-                reps[kind].append(sample)
-                log(
-                    f"latency {rep + 1}/{sizes.repetitions} {kind:9}: added per token p50 "
-                    f"{quantile(sample.token_delays, 0.5) * 1e3:.2f} ms p99 "
-                    f"{quantile(sample.token_delays, 0.99) * 1e3:.2f} ms, TTFT p99 "
-                    f"{quantile(sample.ttft_delays, 0.99) * 1e3:.2f} ms"
-                )
-                wait_idle(running[kind])
-        summaries = {kind: latency_summary(kind, reps[kind]) for kind in KINDS}
-        cancel = {
-            kind: cancellation(sizes, worker, running[kind], spec) for kind in TOKENWIRE_KINDS
-        }
-        worker.call("close", 30.0)
-    return summaries, cancel
+    for rep in range(sizes.repetitions):
+        for kind in _rotated(KINDS, rep):
+            raw = worker.call(
+                "latency",
+                timeout,
+                target=running[kind].target,
+                spec=spec,
+                streams=sizes.latency_streams,
+                ttft_s=sizes.latency_ttft_ms / 1000.0,
+                itl_s=sizes.latency_itl_ms / 1000.0,
+                warmup_s=sizes.latency_warmup_s,
+                window_s=sizes.latency_window_s,
+            )
+            sample = LatencySample(**raw)
+            reps[kind].append(sample)
+            log(
+                f"latency {rep + 1}/{sizes.repetitions} {kind:9}: added per token p50 "
+                f"{quantile(sample.token_delays, 0.5) * 1e3:.2f} ms p99 "
+                f"{quantile(sample.token_delays, 0.99) * 1e3:.2f} ms, from the first token p99 "
+                f"{quantile(sample.stream_delays, 0.99) * 1e3:.2f} ms, TTFT p99 "
+                f"{quantile(sample.ttft_delays, 0.99) * 1e3:.2f} ms"
+            )
+            wait_idle(running[kind])
+    return {kind: latency_summary(kind, reps[kind]) for kind in KINDS}
 
 
 def cancellation(

@@ -13,12 +13,21 @@ from dataclasses import dataclass
 class Sizes:
     name: str
     repetitions: int
-    # Saturation: --sim-itl-ms 0, closed loop (a finished stream is replaced at once).
+    warmup_s: float  # before each closed-loop window: streams open, loops warm
+    window_s: float  # the measured window of each closed-loop point
+    # The bare grpc.aio ceiling's concurrency: the throughput targets' reference point,
+    # and the saturation scenario's calibration (on demand, step 1).
+    ceiling_streams: int
+    # Throughput: the engine on demand (--sim-itl-ms 0), closed loop (a finished stream
+    # is replaced at once).
+    throughput_streams: tuple[int, ...]
+    throughput_steps: tuple[int, ...]
+    throughput_max_tokens: int
+    # Saturation: the engine on its own clock (a token falls due every itl_ms whether or
+    # not anyone reads), step 1, closed loop.
     saturation_streams: tuple[int, ...]
-    saturation_steps: tuple[int, ...]
+    saturation_itl_ms: float
     saturation_max_tokens: int
-    warmup_s: float  # before each measured window: streams open, loops warm
-    window_s: float  # the measured window of each point
     # Latency: streams at one token every itl_ms, first token after ttft_ms.
     latency_streams: int
     latency_ttft_ms: float
@@ -38,11 +47,15 @@ class Sizes:
 FULL = Sizes(
     name="full",
     repetitions=3,
-    saturation_streams=(1, 16, 128, 1024),
-    saturation_steps=(1, 4),
-    saturation_max_tokens=8192,
     warmup_s=0.5,
     window_s=3.0,
+    ceiling_streams=128,
+    throughput_streams=(1, 128, 1024),
+    throughput_steps=(1, 4),
+    throughput_max_tokens=8192,
+    saturation_streams=(64, 256, 512),
+    saturation_itl_ms=1.0,
+    saturation_max_tokens=8192,
     latency_streams=64,
     latency_ttft_ms=20.0,
     latency_itl_ms=20.0,
@@ -56,14 +69,20 @@ FULL = Sizes(
     slow_sample_s=3.0,
 )
 
+# The smoke sizes keep the full run's shape: the ceiling's concurrency is one of the
+# throughput levels and below the largest, so every target has figures to judge.
 SMOKE = Sizes(
     name="smoke",
     repetitions=1,
-    saturation_streams=(1, 8),
-    saturation_steps=(1, 4),
-    saturation_max_tokens=512,
     warmup_s=0.1,
     window_s=0.4,
+    ceiling_streams=8,
+    throughput_streams=(1, 8, 16),
+    throughput_steps=(1, 4),
+    throughput_max_tokens=512,
+    saturation_streams=(4, 16),
+    saturation_itl_ms=1.0,
+    saturation_max_tokens=512,
     latency_streams=4,
     latency_ttft_ms=10.0,
     latency_itl_ms=10.0,

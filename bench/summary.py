@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .records import LatencySample, SaturationSample, ServerKind
-from .stats import cdf_points, median, quantile
+from .stats import cdf_points, median, quantile, ratio
 
-SERIES: tuple[tuple[ServerKind, int], ...] = (
+THROUGHPUT_SERIES: tuple[tuple[ServerKind, int], ...] = (
     ("tokenwire", 1),
     ("tokenwire", 4),
     ("http", 1),
@@ -18,55 +18,105 @@ SERIES: tuple[tuple[ServerKind, int], ...] = (
     ("bare", 4),
     ("sse", 1),
 )
-"""Saturation series: the SSE peer streams one event per engine step, so step 1 only;
+"""The engine on demand: the SSE peer streams one event per engine step, so step 1 only;
 tokenwire's HTTP door groups as its gRPC door does (``stream_options.streaming_step``)."""
+
+SATURATION_SERIES: tuple[tuple[ServerKind, int], ...] = (
+    ("tokenwire", 1),
+    ("http", 1),
+    ("sse", 1),
+)
+"""The engine on its own clock, step 1: how many tokens go in a message is the server's
+doing. The bare ceiling runs beside them on demand, as the calibration."""
 
 
 @dataclass(slots=True)
 class SaturationPoint:
+    """One (server, step, streams) point of a closed-loop scenario, over its repetitions."""
+
     server: ServerKind
     step: int
     streams: int
     repetitions: int
     tokens_per_s: float
     messages_per_s: float
+    tokens_per_message: float
     server_us_per_token: float
     server_us_per_message: float
     client_us_per_message: float
     tokens_per_server_cpu_s: float
     other_cpu_share: float  # other processes' busy CPU / window: the machine's noise
     errors: int
+    # Fairness, from each stream's delivered rate (NaN where rates were not recorded):
+    # the slowest stream and the 10th percentile against the median stream, per
+    # repetition; the median over repetitions, and the worst repetition's slowest.
+    slowest_vs_median: float = math.nan
+    slowest_vs_median_worst: float = math.nan
+    p10_vs_median: float = math.nan
+    median_stream_tokens_per_s: float = math.nan
 
 
 def saturation_points(samples: Sequence[SaturationSample]) -> list[SaturationPoint]:
+    """The medians of the repetitions, point by point, in THROUGHPUT_SERIES's order (which
+    holds every series of both scenarios)."""
     points = []
-    for server, step in SERIES:
+    for server, step in THROUGHPUT_SERIES:
         for streams in sorted({s.streams for s in samples}):
             reps = [s for s in samples if (s.server, s.step, s.streams) == (server, step, streams)]
-            if not reps:
-                continue
-            points.append(
-                SaturationPoint(
-                    server=server,
-                    step=step,
-                    streams=streams,
-                    repetitions=len(reps),
-                    tokens_per_s=median([s.tokens_per_s for s in reps]),
-                    messages_per_s=median([s.messages_per_s for s in reps]),
-                    server_us_per_token=median([_per(s.server_cpu_s, s.tokens) for s in reps]),
-                    server_us_per_message=median([_per(s.server_cpu_s, s.messages) for s in reps]),
-                    client_us_per_message=median([_per(s.client_cpu_s, s.messages) for s in reps]),
-                    tokens_per_server_cpu_s=median(
-                        [s.tokens / s.server_cpu_s if s.server_cpu_s else math.nan for s in reps]
-                    ),
-                    other_cpu_share=median([s.other_cpu_s / s.window_s for s in reps]),
-                    errors=sum(s.errors for s in reps),
-                )
-            )
+            if reps:
+                points.append(_point(server, step, streams, reps))
     return points
 
 
-def _per(cpu_s: float, count: int) -> float:
+def _point(
+    server: ServerKind, step: int, streams: int, reps: Sequence[SaturationSample]
+) -> SaturationPoint:
+    def med(figure: Callable[[SaturationSample], float]) -> float:
+        return median([figure(s) for s in reps])
+
+    fair = [fairness(s.stream_rates) for s in reps if s.stream_rates]
+    slowest = [f[0] for f in fair]
+    return SaturationPoint(
+        server=server,
+        step=step,
+        streams=streams,
+        repetitions=len(reps),
+        tokens_per_s=med(lambda s: s.tokens_per_s),
+        messages_per_s=med(lambda s: s.messages_per_s),
+        tokens_per_message=med(lambda s: ratio(s.tokens, s.messages)),
+        server_us_per_token=med(lambda s: us_per(s.server_cpu_s, s.tokens)),
+        server_us_per_message=med(lambda s: us_per(s.server_cpu_s, s.messages)),
+        client_us_per_message=med(lambda s: us_per(s.client_cpu_s, s.messages)),
+        tokens_per_server_cpu_s=med(lambda s: ratio(s.tokens, s.server_cpu_s)),
+        other_cpu_share=med(lambda s: s.other_cpu_s / s.window_s),
+        errors=sum(s.errors for s in reps),
+        slowest_vs_median=median(slowest),
+        slowest_vs_median_worst=min(slowest, default=math.nan),
+        p10_vs_median=median([f[1] for f in fair]),
+        median_stream_tokens_per_s=median([f[2] for f in fair]),
+    )
+
+
+@dataclass(slots=True)
+class Sweep:
+    """A closed-loop scenario's windows and their medians (empty when it was not run)."""
+
+    samples: list[SaturationSample] = field(default_factory=list)
+    points: list[SaturationPoint] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, samples: list[SaturationSample]) -> Sweep:
+        return cls(samples, saturation_points(samples))
+
+
+def fairness(rates: Sequence[float]) -> tuple[float, float, float]:
+    """(slowest / median, 10th percentile / median, median) of one window's stream rates."""
+    mid = quantile(rates, 0.5)
+    return ratio(min(rates), mid), ratio(quantile(rates, 0.1), mid), mid
+
+
+def us_per(cpu_s: float, count: int) -> float:
+    """Microseconds of CPU per token or message."""
     return cpu_s / count * 1e6 if count else math.nan
 
 
@@ -77,6 +127,24 @@ def point(
         if (p.server, p.step, p.streams) == (server, step, streams):
             return p
     return None
+
+
+def paired_ratios(
+    samples: Sequence[SaturationSample],
+    numerator: tuple[ServerKind, int, int],
+    denominator: tuple[ServerKind, int, int],
+) -> list[float]:
+    """messages/s of one (server, step, streams) point over another's, repetition by
+    repetition: a repetition's windows of one concurrency run back to back, so each ratio
+    is judged on one state of the machine, which drifts between repetitions."""
+
+    def by_rep(key: tuple[ServerKind, int, int]) -> dict[int, float]:
+        return {
+            s.repetition: s.messages_per_s for s in samples if (s.server, s.step, s.streams) == key
+        }
+
+    top, bottom = by_rep(numerator), by_rep(denominator)
+    return [ratio(top[rep], bottom[rep]) for rep in sorted(top.keys() & bottom.keys())]
 
 
 @dataclass(slots=True)

@@ -1,4 +1,5 @@
-"""The benchmark harness end to end at tiny sizes: every scenario runs and reports.
+"""The benchmark harness end to end at tiny sizes: every scenario runs and reports, and
+one scenario runs by name.
 
 Part of ``make test``. It checks the instrument, not tokenwire's speed: figures on
 a shared 2-core machine are noise at these sizes.
@@ -11,27 +12,27 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = (
     "## Targets",
+    "## Figures of this run",
     "## Method",
-    "## Saturation",
+    "## Throughput (engine on demand)",
+    "## Saturation (engine on its own clock)",
     "## Latency",
     "## Cancellation",
     "## Memory",
 )
+SCENARIOS = ["throughput", "saturation", "latency", "cancel", "memory"]
 SERVERS = {"tokenwire", "http", "bare", "sse"}
 TOKENWIRE = {"tokenwire", "http"}  # tokenwire's gRPC door, and its HTTP door (SSE)
 
 
-def test_every_scenario_reports(tmp_path: Path) -> None:
-    docs = tmp_path / "docs" / "performance.md"
-    docs.parent.mkdir()
-    shutil.copy(ROOT / "docs" / "performance.md", docs)
-    out = tmp_path / "results"
+def _bench(*args: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(out), "--docs", str(docs)],
+        [sys.executable, "-m", "bench", "--smoke", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -39,17 +40,45 @@ def test_every_scenario_reports(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
 
+
+def _check_saturation(data: dict[str, Any]) -> None:
+    """The engine on its own clock: every window delivered, with a rate for every stream,
+    and the bare ceiling measured beside it as the calibration."""
+    sizes, saturation = data["sizes"], data["saturation"]
+    series = {(p["server"], p["step"]) for p in saturation["points"]}
+    assert series == {("tokenwire", 1), ("http", 1), ("sse", 1), ("bare", 1)}
+    for sample in saturation["samples"]:
+        assert sample["errors"] == 0, sample
+        assert sample["tokens"] > 0 and sample["server_cpu_s"] > 0, sample
+        assert len(sample["stream_rates"]) == sample["streams"], sample
+    calibration = [s for s in saturation["samples"] if s["server"] == "bare"]
+    assert [s["streams"] for s in calibration] == [sizes["ceiling_streams"]] * sizes["repetitions"]
+    assert {s["streams"] for s in saturation["samples"] if s["server"] != "bare"} == set(
+        sizes["saturation_streams"]
+    )
+
+
+def test_every_scenario_reports(tmp_path: Path) -> None:
+    docs = tmp_path / "docs" / "performance.md"
+    docs.parent.mkdir()
+    shutil.copy(ROOT / "docs" / "performance.md", docs)
+    out = tmp_path / "results"
+    _bench("--out", str(out), "--docs", str(docs))
+
     [report] = out.glob("*.md")
     date = report.stem
-    for name in (f"{date}.json", f"{date}-throughput.png", f"{date}-latency.png"):
+    plots = [f"{date}-{name}.png" for name in ("throughput", "saturation", "latency")]
+    for name in (f"{date}.json", *plots):
         assert (out / name).stat().st_size > 0, name
     text = report.read_text()
     for section in SECTIONS:
         assert section in text, section
-    assert f"]({date}-throughput.png)" in text and f"]({date}-latency.png)" in text
+    for name in plots:
+        assert f"]({name})" in text, name
 
     data = json.loads((out / f"{date}.json").read_text())
-    series = {(p["server"], p["step"]) for p in data["saturation"]["points"]}
+    assert data["scenarios"] == SCENARIOS
+    series = {(p["server"], p["step"]) for p in data["throughput"]["points"]}
     assert series == {
         ("tokenwire", 1),
         ("tokenwire", 4),
@@ -59,15 +88,16 @@ def test_every_scenario_reports(tmp_path: Path) -> None:
         ("bare", 4),
         ("sse", 1),
     }
-    for sample in data["saturation"]["samples"]:
+    for sample in data["throughput"]["samples"]:
         assert sample["errors"] == 0, sample
         assert sample["tokens"] > 0 and sample["server_cpu_s"] > 0, sample
+    _check_saturation(data)
     assert set(data["latency"]) == SERVERS
     for summary in data["latency"].values():
         assert summary["token_samples"] > 0 and summary["ttft_samples"] > 0, summary
         assert summary["errors"] == 0, summary
-    assert set(data["cancellation"]) == TOKENWIRE
-    for cancel in data["cancellation"].values():
+    assert set(data["cancel"]) == TOKENWIRE
+    for cancel in data["cancel"].values():
         assert cancel["cancelled"] > 0 and cancel["idle_timeouts"] == 0, cancel
         # Every cancel, a gRPC one or a closed connection, aborted its engine request.
         assert cancel["aborts_counted"] == cancel["cancelled"], cancel
@@ -78,16 +108,42 @@ def test_every_scenario_reports(tmp_path: Path) -> None:
         assert len(summary["slow_rss_mb"]) >= 3, summary
     for kind in TOKENWIRE:
         assert data["memory"][kind]["slow_tokens_generated"] > 0
-    assert len(data["targets"]) >= 15
+    assert len(data["targets"]) >= 22
     names = " ".join(t["name"] for t in data["targets"])
-    assert "HTTP SSE, 128 streams, step 1" in names and "client disconnect" in names
-    # A target is judged exactly when it was measured: n/a rows carry no verdict.
+    assert "HTTP SSE, on demand" in names and "client disconnect" in names
+    assert "Own clock" in names and "slowest stream" in names
+    # The smoke sizes keep the full run's shape: every target is judged, on figures.
     for t in data["targets"]:
-        assert (t["measured"] == "n/a") == (t["passed"] is None), t
+        assert t["passed"] is not None and "n/a" not in (t["measured"], t["figures"]), t
 
-    # The docs page's figures block now holds this run's targets and plots.
+    # The docs page's figures block now holds this run's verdicts, figures and plots.
     page = docs.read_text()
-    assert f"{date}-throughput.png" in page and "| target | goal | measured | result |" in page
+    assert "| target | goal | measured | result |" in page and "Figures of this run" in page
+    for name in plots:
+        assert name in page, name
+
+
+def test_one_scenario_by_name(tmp_path: Path) -> None:
+    docs = ROOT / "docs" / "performance.md"
+    before = docs.read_text()
+    _bench("saturation", "--out", str(tmp_path))
+
+    [data_file] = tmp_path.glob("*.json")
+    date = data_file.stem.removesuffix("-saturation")
+    assert data_file.name == f"{date}-saturation.json"  # never a full run's name
+    assert (tmp_path / f"{date}-saturation-saturation.png").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [f"{date}-saturation-saturation.png"]
+    data = json.loads(data_file.read_text())
+    assert data["scenarios"] == ["saturation"]
+    assert not set(data) & (set(SCENARIOS) - {"saturation"})
+    _check_saturation(data)
+    # Judged on what ran: the saturation targets have verdicts, every other is n/a.
+    for t in data["targets"]:
+        assert (t["passed"] is not None) == ("own clock" in t["name"].lower()), t
+        assert (t["measured"] == "n/a") == (t["passed"] is None), t
+    text = (tmp_path / f"{date}-saturation.md").read_text()
+    assert "## Saturation (engine on its own clock)" in text and "## Latency" not in text
+    assert docs.read_text() == before
 
 
 def test_startup_probe_reports_every_transport() -> None:
