@@ -1,14 +1,19 @@
-"""Coalescing without a door: catching up after a consumer falls behind, errors kept apart."""
+"""Coalescing without a door: catching up after a consumer falls behind, errors kept apart,
+pacing while the event loop is late."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import pytest
 
 from tokenwire.server.core import coalescing
+from tokenwire.server.core.pacing import Pacer
 from tokenwire.server.core.progress import Progress
 from tokenwire.server.core.requests import StreamPlan
 from tokenwire.server.core.watchdog import Watched
-from tokenwire.server.engines.base import GenerationRequest, SequenceDelta
+from tokenwire.server.engines.base import FinishReason, GenerationRequest, SequenceDelta
 from tokenwire.server.engines.simulated import SimulatedEngine, SimulatorConfig
 
 
@@ -80,3 +85,102 @@ async def test_tokens_held_for_a_step_go_out_before_an_engine_error():
         async for flush in flushes:
             texts.append("".join(d.text for d in flush.deltas))
     assert texts == ["abab"]
+
+
+class _Steps:
+    """An engine that hands over ``tokens`` tokens a step, ``steps`` times; it counts
+    how long its reader took between reads, on the event loop's clock."""
+
+    cached_prompt_tokens = 0
+
+    def __init__(self, tokens: int, steps: int) -> None:
+        self.tokens, self.left = tokens, steps
+        self.finished = False
+        self.read_at: list[float] = []
+
+    def __aiter__(self) -> _Steps:
+        return self
+
+    async def __anext__(self) -> list[SequenceDelta]:
+        if self.left == 0:
+            raise StopAsyncIteration
+        self.read_at.append(asyncio.get_running_loop().time())
+        self.left -= 1
+        finish: FinishReason | None = "length" if self.left == 0 else None
+        return [SequenceDelta(0, (7,) * self.tokens, "ab" * self.tokens, finish_reason=finish)]
+
+    def abort(self) -> None:
+        self.finished = True
+
+
+def _pacer(pause_s: float) -> Pacer:
+    pacer = Pacer(lambda: True)  # never started: the pause is what the test sets
+    pacer.pause_s = pause_s
+    return pacer
+
+
+async def _drain(handle: _Steps, plan: StreamPlan, pacer: Pacer) -> int:
+    flushes = coalescing.flushes(handle, plan, Progress(0.0, 1), Watched(None, "r"), pacer=pacer)
+    return len([f async for f in flushes])
+
+
+async def test_a_stream_whose_engine_ran_ahead_pauses_while_the_loop_is_late():
+    handle = _Steps(tokens=3, steps=3)
+    assert await _drain(handle, StreamPlan(1, None), _pacer(0.02)) == 3
+    gaps = [b - a for a, b in zip(handle.read_at, handle.read_at[1:], strict=False)]
+    # The loop's timers may fire a little early (uvloop rounds to milliseconds).
+    assert min(gaps) >= 0.018, gaps
+
+
+@pytest.mark.parametrize(
+    ("tokens", "plan"),
+    [
+        (1, StreamPlan(1, None)),  # one token per read: waiting would gain nothing
+        (3, StreamPlan(1, 0.0)),  # max_batch_delay_ms 0: every token at once
+    ],
+)
+async def test_no_pause_for_one_token_a_read_nor_a_zero_delay_bound(
+    tokens: int, plan: StreamPlan
+) -> None:
+    handle = _Steps(tokens, steps=5)
+    # A 10 s pause, were it taken, would not finish within the bound.
+    assert await asyncio.wait_for(_drain(handle, plan, _pacer(10.0)), 5.0) == 5
+
+
+async def test_the_requests_delay_bound_caps_the_pause():
+    handle = _Steps(tokens=3, steps=3)
+    assert await asyncio.wait_for(_drain(handle, StreamPlan(1, 0.01), _pacer(10.0)), 5.0) == 3
+
+
+def test_the_pause_follows_the_loops_lateness_within_its_bounds():
+    pacer = Pacer(lambda: True, max_pause_s=0.05, target_lag_s=0.003)
+    pacer.update(0.023)  # 20 ms beyond the target: half of it
+    assert pacer.pause_s == pytest.approx(0.010)
+    for _ in range(20):
+        pacer.update(0.5)
+    assert pacer.pause_s == 0.05  # never beyond the bound
+    for _ in range(100):
+        pacer.update(0.0)
+    assert pacer.pause_s == 0.0  # and back to none once the loop keeps up
+
+
+async def test_the_monitor_measures_a_blocked_loop_and_rests_while_idle():
+    busy = True
+    pacer = Pacer(lambda: busy, max_pause_s=0.05, target_lag_s=0.003, period_s=0.005)
+    pacer.start()
+    try:
+        for _ in range(100):  # bounded: the monitor wakes every 5 ms
+            await asyncio.sleep(0)
+            time.sleep(0.03)  # noqa: ASYNC251 - the point: hold the loop, as a long turn does
+            await asyncio.sleep(0.006)
+            if pacer.pause_s > 0:
+                break
+        assert pacer.pause_s > 0  # a 30 ms turn is 27 ms beyond the target
+        busy = False
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if pacer.pause_s == 0:
+                break
+        assert pacer.pause_s == 0 and pacer.lag_s == 0
+    finally:
+        await pacer.stop()

@@ -150,6 +150,7 @@ class Server:
             self.admission,
             self.watchdog,
             self.tracing,
+            max_pause_s=settings.max_pacing_ms / 1000.0,
         )
         self.servicer = GenerationServicer(self.core)
         self.health = health_aio.HealthServicer()
@@ -205,6 +206,7 @@ class Server:
             await self._abandon()
             raise
         self.watchdog.start()
+        self.core.pacer.start()
         await self._set_health(serving=True)
         self._monitor = asyncio.create_task(self._watch_engine(), name="tokenwire-engine-health")
         log.info(
@@ -300,6 +302,7 @@ class Server:
         if self._health_server is not None:
             await self._health_server.stop(0)
         await self.watchdog.stop()
+        await self.core.pacer.stop()
         await self.engine.close()
         self.metrics.close()
         self.tracing.close()

@@ -129,6 +129,14 @@ class Settings(BaseSettings):
         "(one message), in bytes.",
     )
 
+    max_pacing_ms: float = Field(
+        50.0,
+        ge=0,
+        le=1000,
+        description="While the event loop runs late, longest pause before a stream whose "
+        "engine ran ahead reads it again (fewer, larger messages); 0 = never pause.",
+    )
+
     # Stalls.
     stall_timeout_s: float = Field(
         30.0, ge=0, description="Abort a stream whose client takes nothing this long; 0 = never."

@@ -6,7 +6,8 @@ throughput. The caller picks the trade-off per request with ``StreamOptions``:
 
 - ``streaming_step`` 0 or 1: one flush per sequence per engine step, at once.
   A step carries every token the engine had ready, so a consumer that fell
-  behind catches up in fewer, larger messages.
+  behind catches up in fewer, larger messages; while the event loop itself
+  runs late, such a stream also pauses before its next read (``pacing.py``).
 - ``streaming_step`` N > 1: hold a sequence's tokens until N are ready, or the
   sequence ends, or the oldest held token has waited ``max_batch_delay_ms``.
 
@@ -18,10 +19,12 @@ message, an SSE event, an NDJSON line).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from ..engines.base import GenerationHandle, SequenceDelta
+from .pacing import Pacer
 from .progress import Progress
 from .requests import StreamPlan
 from .watchdog import Watched
@@ -70,12 +73,16 @@ def flushes(
     progress: Progress,
     watched: Watched,
     tokens_per_message: Callable[[float], None] = lambda _: None,
+    pacer: Pacer | None = None,
 ) -> AsyncGenerator[Flush, None]:
     """The flushes of ``handle``'s stream, grouped as ``plan`` says; each one's token
-    count goes to ``tokens_per_message`` (the metrics' histogram)."""
+    count goes to ``tokens_per_message`` (the metrics' histogram). ``pacer``: pause
+    ungrouped streams whose engine runs ahead while the event loop is late."""
     if plan.step > 1 and plan.max_delay_s != 0:
         return _grouped(handle, plan, progress, watched, tokens_per_message)
-    return _each_step(handle, progress, watched, tokens_per_message)
+    # max_batch_delay_ms 0 asks for every token at once: no pacing either.
+    bound = math.inf if plan.max_delay_s is None else plan.max_delay_s
+    return _each_step(handle, progress, watched, tokens_per_message, pacer, bound)
 
 
 async def _each_step(
@@ -83,12 +90,18 @@ async def _each_step(
     progress: Progress,
     watched: Watched,
     tokens_per_message: Callable[[float], None],
+    pacer: Pacer | None,
+    max_pause_s: float,
 ) -> AsyncGenerator[Flush, None]:
     """A flush per sequence per engine step: the path of most streams, kept short,
-    since it runs once per message."""
+    since it runs once per message. While the event loop runs late, a stream whose
+    engine ran ahead pauses before its next read (``pacing.py``)."""
     it = handle.__aiter__()
     counts, update, clock = progress.counts, progress.update, time.monotonic
+    ran_ahead = False  # the last step carried more than one token for a sequence
     while True:
+        if ran_ahead and pacer is not None and pacer.pause_s and max_pause_s:
+            await asyncio.sleep(min(pacer.pause_s, max_pause_s))
         watched.engine_since = clock()
         try:
             step = await anext(it)
@@ -97,8 +110,11 @@ async def _each_step(
         watched.engine_since = None
         update(step)
         last = len(step) - 1 if progress.remaining == 0 else -1
+        ran_ahead = False
         for i, d in enumerate(step):
-            tokens_per_message(len(d.token_ids))
+            tokens = len(d.token_ids)
+            ran_ahead = ran_ahead or tokens > 1
+            tokens_per_message(tokens)
             yield Flush(d.index, (d,), counts[d.index], i == last)
 
 

@@ -32,6 +32,7 @@ from .. import logs
 from ..engines.base import Engine, EngineUnavailable, GenerationHandle
 from . import coalescing, errors, sizes
 from .admission import Admission
+from .pacing import Pacer
 from .progress import Progress
 from .requests import Limits, RequestPlan, plan_request
 from .telemetry import AbortReason, Metrics
@@ -94,6 +95,7 @@ class Core:
         admission: Admission,
         watchdog: Watchdog,
         tracing: Tracing,
+        max_pause_s: float = 0.05,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
@@ -101,6 +103,7 @@ class Core:
         self.tracing = tracing
         self._admission = admission
         self._watchdog = watchdog
+        self.pacer = Pacer(lambda: self.metrics.streams_active > 0, max_pause_s)
         self.live: set[str] = set()  # request ids of live generations
         # Set when a shutdown begins: new generations are refused from then on,
         # and calls cancelled after the grace ends were cut by the shutdown.
@@ -154,7 +157,12 @@ class Core:
         """``gen``'s stream as flushes, grouped as it asked, each counted in the
         tokens-per-message histogram."""
         return coalescing.flushes(
-            gen.handle, gen.plan.stream, gen.progress, gen.watched, self.metrics.message_tokens
+            gen.handle,
+            gen.plan.stream,
+            gen.progress,
+            gen.watched,
+            self.metrics.message_tokens,
+            self.pacer,
         )
 
     @asynccontextmanager
