@@ -7,7 +7,8 @@ FastAPI on uvicorn (uvloop, httptools), ``POST /v1/chat/completions`` with
 ``chat.completion.chunk`` per engine step (one token at a time on the
 simulator), each built from pydantic models and dumped with
 ``model_dump_json(exclude_unset=True)`` the way vLLM's chat stream generator
-does; a role chunk first, a usage chunk when asked, ``data: [DONE]`` last. The
+does (on its own clock too: steps that queued up while it was busy go out one
+event each); a role chunk first, a usage chunk when asked, ``data: [DONE]`` last. The
 tokens come from tokenwire's own ``SimulatedEngine`` on the same schedule, so
 the engine's cost is the same on both sides and only the serving path differs.
 A client disconnect cancels the generator, which aborts the engine request.
@@ -103,7 +104,10 @@ def create_app(engine: SimulatedEngine) -> FastAPI:
 
 
 async def serve(ttft_s: float, itl_s: float) -> None:
-    engine = SimulatedEngine(SimulatorConfig(ttft_s=ttft_s, itl_s=itl_s))
+    # One token per engine step, as an engine iteration makes one per sequence: on its
+    # own clock (--itl-ms) a reader that falls behind finds the steps queued and
+    # reads them one at a time, one event each, as trtllm-serve does.
+    engine = SimulatedEngine(SimulatorConfig(ttft_s=ttft_s, itl_s=itl_s, max_catch_up=1))
     await engine.start()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
