@@ -184,3 +184,8 @@ async def test_the_monitor_measures_a_blocked_loop_and_rests_while_idle():
         assert pacer.pause_s == 0 and pacer.lag_s == 0
     finally:
         await pacer.stop()
+
+
+async def test_the_calls_end_never_waits_for_a_pause():
+    handle = _Steps(tokens=3, steps=1)  # ran ahead, and done: nothing more to read
+    assert await asyncio.wait_for(_drain(handle, StreamPlan(1, None), _pacer(10.0)), 5.0) == 1

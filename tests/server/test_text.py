@@ -97,3 +97,9 @@ def test_no_stops_pass_everything_through():
     matcher = StopStrings([], include_stop=False)
     assert not matcher
     assert matcher.push("anything") == ("anything", None)
+
+
+def test_utf8_deltas_replace_encoded_surrogates_as_decode_does():
+    deltas = Utf8Deltas()
+    data = b"a\xed\xa0\x80b"  # U+D800 encoded: not valid UTF-8
+    assert deltas.push(data) + deltas.finish() == data.decode("utf-8", errors="replace")

@@ -100,7 +100,8 @@ async def _each_step(
     counts, update, clock = progress.counts, progress.update, time.monotonic
     ran_ahead = False  # the last step carried more than one token for a sequence
     while True:
-        if ran_ahead and pacer is not None and pacer.pause_s and max_pause_s:
+        # Only with more to come: the call's end (status, [DONE], the slot) never waits.
+        if ran_ahead and progress.remaining and pacer is not None and pacer.pause_s and max_pause_s:
             await asyncio.sleep(min(pacer.pause_s, max_pause_s))
         watched.engine_since = clock()
         try:

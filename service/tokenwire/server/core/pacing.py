@@ -8,10 +8,11 @@ rate while new ones waited seconds to start (docs/performance.md, "Saturation").
 
 An engine on its own clock (TensorRT-LLM, the simulator with an inter-token
 latency) goes on producing meanwhile, so the tokens are there either way. When
-the loop runs late, a stream whose engine ran ahead of it (its last step
-carried more tokens than the stream groups per message) pauses before it reads
-the engine again, and sends what piled up as one message: the same tokens at a
-fraction of the per-message cost, which gives the loop back its slack. A stream
+the loop runs late, an ungrouped stream (``streaming_step`` 0 or 1) whose
+engine ran ahead of it (its last step carried more than one token for a
+sequence) pauses before it reads the engine again, unless it is done, and
+sends what piled up as one message: the same tokens at a fraction of the
+per-message cost, which gives the loop back its slack. A stream
 whose engine hands over one token per read gains nothing from waiting and is
 never paused; nor is any stream while the loop keeps up.
 
@@ -48,14 +49,16 @@ class Pacer:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self._max > 0:
+        if self._max > 0 and self._task is None:
             self._task = asyncio.create_task(self._run(), name="tokenwire-pacer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        self.pause_s = self.lag_s = 0.0  # streams still unwinding pause no more
 
     def update(self, late_s: float) -> None:
         """One measurement: the monitor's timer fired ``late_s`` after it was due."""
