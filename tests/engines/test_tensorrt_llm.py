@@ -19,9 +19,10 @@ import grpc
 import pytest
 
 from tokenwire.server.app import Server
-from tokenwire.server.engines._trtllm_params import finish_reason
+from tokenwire.server.engines._trtllm_params import finish_reason, iteration_load
 from tokenwire.server.engines.base import (
     ChatMessage,
+    EngineLoad,
     EngineUnavailable,
     GenerationRequest,
     InvalidInput,
@@ -162,7 +163,9 @@ DEFAULTS = {
 @pytest.mark.parametrize(
     ("values", "llm_class", "expected"),
     [
-        ({}, "LLM", {}),
+        # Iteration stats (load()) are asked for on the PyTorch backend only; the
+        # TensorRT LLM has them always and refuses the kwarg.
+        ({}, "LLM", {"enable_iter_perf_stats": True}),
         (
             {
                 "tokenizer": "org/tokenizer",
@@ -184,6 +187,7 @@ DEFAULTS = {
                 "max_batch_size": 8,
                 "max_seq_len": 2048,
                 "max_num_tokens": 4096,
+                "enable_iter_perf_stats": True,
             },
         ),
         (
@@ -215,6 +219,8 @@ def test_the_fake_refuses_what_tensorrt_llm_refuses(trtllm):
         trtllm.LLM("fake-model", build_config=object())
     with pytest.raises(ValueError, match="invalid argument: cuda_graph_config"):
         trt_llm("fake-model", cuda_graph_config={})
+    with pytest.raises(ValueError, match="invalid argument: enable_iter_perf_stats"):
+        trt_llm("fake-model", enable_iter_perf_stats=True)
     with pytest.raises(TypeError):
         trtllm.SamplingParams(random_seed=1)
     with pytest.raises(ValueError, match="Greedy decoding"):
@@ -969,3 +975,159 @@ async def test_a_fatal_error_is_unavailable(trtllm, trt_server, trt_stub):
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stream(trt_stub, gen())
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# Load: TensorRT-LLM's iteration stats (docs/tensorrt_llm.md, "Load statistics").
+
+STATS_KEYS = {"iter", "numActiveRequests", "numQueuedRequests", "kvCacheStats"}
+KV_KEYS = {"maxNumBlocks", "freeNumBlocks", "usedNumBlocks", "tokensPerBlock"}
+
+
+@pytest.fixture
+def fast_stats(trtllm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An iteration every 5 ms, stats handed over every 20 ms, 4-token KV blocks."""
+    monkeypatch.setattr(trtllm._fake, "step_s", 0.005)
+    monkeypatch.setattr(trtllm._fake, "stats_period_s", 0.02)
+    monkeypatch.setattr(trtllm._fake, "tokens_per_block", 4)
+
+
+async def long_request(engine: TensorRTLLMEngine, **fields: Any) -> TensorRTLLMHandle:
+    return await submit(engine, max_tokens=4000, ignore_eos=True, **fields)
+
+
+async def drain_stats(llm: Any) -> list[dict[str, Any]]:
+    records = []
+    with pytest.raises(asyncio.QueueEmpty):  # timeout 0: an empty queue says so at once
+        async for record in llm.get_stats_async(0):
+            records.append(record)
+    return records
+
+
+async def test_the_fake_hands_stats_over_as_tensorrt_llm_does(trtllm, fast_stats):
+    llm = trtllm.LLM("fake-model", enable_iter_perf_stats=True)
+    try:
+        # Before any request there is no stats iterator: an empty one, no error.
+        assert [r async for r in llm.get_stats_async(0)] == []
+        result = llm.generate_async([5, 6, 7], trtllm.SamplingParams(max_tokens=6, end_id=-2))
+        await result.aresult()
+        await asyncio.sleep(0.05)  # a hand-over period
+        records = await drain_stats(llm)
+        assert records and all(
+            r.keys() >= STATS_KEYS and r["kvCacheStats"].keys() >= KV_KEYS for r in records
+        )
+        assert [r["iter"] for r in records] == list(range(1, len(records) + 1))
+        assert records[0]["numActiveRequests"] == 1 and records[0]["numQueuedRequests"] == 0
+        used = [r["kvCacheStats"]["usedNumBlocks"] for r in records]
+        assert used == sorted(used) and used[-1] > used[0]  # blocks grow with the tokens
+        # A wait with a timeout that runs out ends the iterator, and it stays done,
+        # records or not, until the next submit marks it undone.
+        assert [r async for r in llm.get_stats_async(0.01)] == []
+        await (llm.generate_async([8], trtllm.SamplingParams(max_tokens=3, end_id=-2))).aresult()
+        await asyncio.sleep(0.05)
+        stale = llm.get_stats_async(0.01)
+        assert [r async for r in stale] and [r async for r in stale] == []
+    finally:
+        llm.shutdown()
+
+
+async def test_the_fake_makes_stats_only_when_tensorrt_llm_would(trtllm, fast_stats):
+    trt_llm = importlib.import_module("tensorrt_llm._tensorrt_engine").LLM
+    for llm, expected in ((trtllm.LLM("fake-model"), False), (trt_llm("fake-model"), True)):
+        try:
+            await llm.generate_async([5], trtllm.SamplingParams(max_tokens=3, end_id=-2)).aresult()
+            await asyncio.sleep(0.05)
+            assert bool([r async for r in llm.get_stats_async(0.01)]) is expected
+        finally:
+            llm.shutdown()
+
+
+def test_a_stats_record_becomes_the_engine_load():
+    record = {
+        "numActiveRequests": 3,
+        "numQueuedRequests": 2,
+        "kvCacheStats": {"maxNumBlocks": 200, "usedNumBlocks": 50, "tokensPerBlock": 32},
+    }
+    load = iteration_load(record)
+    assert load == EngineLoad(2, 3, 0.25, 32, 200)
+    free_only = {**record, "kvCacheStats": {"maxNumBlocks": 100, "freeNumBlocks": 90}}
+    assert iteration_load(free_only) == EngineLoad(2, 3, 0.1, 0, 100)
+    assert iteration_load({**record, "kvCacheStats": None}) == EngineLoad(2, 3, 0.0, 0, 0)
+    for bad in (None, "{}", {"numActiveRequests": True, "numQueuedRequests": 0}, {"iter": 1}):
+        assert iteration_load(bad) is None
+
+
+async def test_load_rises_with_requests_and_returns_to_idle(trtllm, fast_stats, make_engine):
+    engine = await make_engine(max_batch_size=2)
+    assert engine.load() == EngineLoad(0, 0, 0.0, 0, 0)  # nothing reported yet
+    handles = [await long_request(engine, sampling=SamplingOptions(seed=i)) for i in range(3)]
+    # Before the engine's first record: the adapter's own count, nothing else.
+    assert engine.load() == EngineLoad(0, 3, 0.0, 0, 0)
+    await async_wait_for(lambda: engine.load().kv_block_size == 4)
+    busy = engine.load()
+    assert (busy.running, busy.waiting, busy.kv_total_blocks) == (2, 1, 2048)
+    assert 0 < busy.kv_cache_utilization < 1
+    await async_wait_for(lambda: engine.load().kv_cache_utilization > busy.kv_cache_utilization)
+    assert engine.load().kv_cache_utilization == pytest.approx(
+        trtllm._fake.stats_records[-1]["kvCacheStats"]["usedNumBlocks"] / 2048, abs=0.02
+    )
+    for handle in handles:
+        handle.abort()
+    # Idle: TensorRT-LLM makes no more records; nothing runs, nothing is held.
+    assert engine.load() == EngineLoad(0, 0, 0.0, 4, 2048)
+
+
+async def test_load_counts_a_finished_spell_down_to_idle(trtllm, fast_stats, make_engine):
+    engine = await make_engine()
+    handle = await submit(engine, max_tokens=30, ignore_eos=True)
+    await drain(handle)
+    # Idle: nothing runs or is held; the pool's shape is the one last reported.
+    await async_wait_for(lambda: engine.load() == EngineLoad(0, 0, 0.0, 4, 2048))
+    # The next busy spell starts from the adapter's count, not the last spell's record.
+    again = await long_request(engine)
+    assert engine.load() == EngineLoad(0, 1, 0.0, 4, 2048)
+    await async_wait_for(lambda: engine.load().kv_cache_utilization > 0)
+    again.abort()
+
+
+async def test_without_stats_load_is_the_adapters_own_count(
+    trtllm, fast_stats, make_engine, monkeypatch
+):
+    monkeypatch.setattr(trtllm.llmapi.llm._TorchLLM, "_iter_stats_enabled", lambda self: False)
+    engine = await make_engine()
+    handles = [await long_request(engine, sampling=SamplingOptions(seed=i)) for i in range(2)]
+    await asyncio.sleep(0.2)  # several hand-over periods: nothing comes
+    assert engine.load() == EngineLoad(0, 2, 0.0, 0, 0)
+    assert trtllm._fake.stats_calls > 0 and not trtllm._fake.stats_records
+    for handle in handles:
+        handle.abort()
+    assert engine.load() == EngineLoad(0, 0, 0.0, 0, 0)
+
+
+async def test_the_stats_poller_is_idle_while_nothing_runs(trtllm, fast_stats, make_engine):
+    engine = await make_engine()
+    await asyncio.sleep(0.1)
+    assert trtllm._fake.stats_calls == 0  # no request yet: not even a look
+    await drain(await submit(engine, max_tokens=10, ignore_eos=True))
+    assert trtllm._fake.stats_calls > 0
+
+    async def settled() -> bool:  # the poller stops reading once it has drained the end
+        before = trtllm._fake.stats_calls
+        await asyncio.sleep(0.15)
+        return trtllm._fake.stats_calls == before
+
+    await async_wait_for(settled, within=5)
+    calls = trtllm._fake.stats_calls
+    await asyncio.sleep(0.3)
+    assert trtllm._fake.stats_calls == calls  # idle again: no more reads
+
+
+async def test_the_stats_poller_stops_with_the_engine(trtllm, fast_stats, make_engine):
+    engine = await make_engine()
+    handle = await long_request(engine)
+    await async_wait_for(lambda: engine.load().kv_block_size > 0)
+    tasks = [t for t in asyncio.all_tasks() if t.get_name() == "tokenwire-trtllm-stats"]
+    assert len(tasks) == 1 and not tasks[0].done()
+    await engine.close()
+    assert tasks[0].done() and handle.finished
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "tokenwire-trtllm-stats"]
+    assert engine.load().running == 0

@@ -15,6 +15,8 @@ adapter must cope with:
   adapter honest, unless ``_fake.hold_incomplete_tail`` asks it to.
 - ``abort()`` answers a running request with a final 'cancelled' response, and a
   request still waiting for a batch slot with nothing at all ("Abort").
+- ``get_stats_async`` yields iteration-stats records, made per iteration and
+  handed over every 0.2 s, once a request was submitted ("Load statistics").
 
 Test controls live in ``tensorrt_llm._fake``.
 """

@@ -16,6 +16,17 @@ if TYPE_CHECKING:
 step_s = 0.0
 """Seconds per engine iteration; 0 = as fast as the event loop allows."""
 
+stats_period_s = 0.2
+"""Seconds between two hand-overs of iteration stats to the LLM's stats queue, as the
+runtime's stats thread sleeps 0.2 s between batches (docs/tensorrt_llm.md, "Load
+statistics")."""
+
+kv_total_blocks = 2048
+"""KV-cache blocks in the fake's pool (``kvCacheStats.maxNumBlocks``)."""
+
+tokens_per_block = 32
+"""Tokens per KV-cache block (``kvCacheStats.tokensPerBlock``)."""
+
 hold_incomplete_tail = False
 """Leave a trailing U+FFFD (bytes of a character not yet complete) out of each
 output's ``text``, even at its end, as TensorRT-LLM's default HF ``DecodeStream``
@@ -39,3 +50,9 @@ llms: list[BaseLLM] = []
 
 results: list[GenerationResult] = []
 """Every result ``generate_async`` returned, oldest first."""
+
+stats_calls = 0
+"""How often ``get_stats_async`` was called."""
+
+stats_records: list[dict[str, object]] = []
+"""Every iteration-stats record the runtime made, oldest first (what was queued)."""

@@ -1,9 +1,10 @@
 """Translations between tokenwire and TensorRT-LLM's LLM API, as pure functions.
 
 Settings to ``LLM(...)`` kwargs, a request to ``SamplingParams`` kwargs, and
-back: finish reasons, logprobs, the text that is safe to send, and the model's
-limits. The TensorRT-LLM behaviour they rely on is in docs/tensorrt_llm.md,
-with the upstream files it was read from.
+back: finish reasons, logprobs, the text that is safe to send, the model's
+limits, and the load an iteration-stats record reports. The TensorRT-LLM
+behaviour they rely on is in docs/tensorrt_llm.md, with the upstream files it
+was read from.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import EngineUnavailable, FinishReason, GenerationRequest, TokenLogprob, TopLogprob
+from .base import (
+    EngineLoad,
+    EngineUnavailable,
+    FinishReason,
+    GenerationRequest,
+    TokenLogprob,
+    TopLogprob,
+)
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -45,6 +53,11 @@ def llm_kwargs(settings: Settings, kv_cache_config: Callable[..., object]) -> di
         "max_num_tokens": settings.max_num_tokens,
     }
     kwargs.update((name, value) for name, value in limits.items() if value is not None)
+    if settings.trtllm_backend == "pytorch":
+        # Per-iteration stats (``get_stats_async``, what ``load()`` reads) are off by
+        # default on the PyTorch backend; the TensorRT backend has them always, and its
+        # LLM refuses this kwarg (docs/tensorrt_llm.md, "Load statistics").
+        kwargs["enable_iter_perf_stats"] = True
     return kwargs
 
 
@@ -194,6 +207,45 @@ def token_logprobs(
 def _by_rank(item: tuple[Any, Any]) -> tuple[float, float]:
     rank = item[1].rank
     return (math.inf if rank is None else float(rank), -float(item[1].logprob))
+
+
+def iteration_load(record: object) -> EngineLoad | None:
+    """The load one iteration-stats record reports; None for anything else.
+
+    ``numQueuedRequests`` waiting, ``numActiveRequests`` running, and from
+    ``kvCacheStats`` (null when the runtime has none) ``usedNumBlocks`` (else
+    ``maxNumBlocks - freeNumBlocks``) over ``maxNumBlocks``, ``tokensPerBlock``
+    and ``maxNumBlocks``, 0 where absent (docs/tensorrt_llm.md, "Load statistics").
+    """
+    if not isinstance(record, Mapping):
+        return None
+    running = _count(record.get("numActiveRequests"))
+    waiting = _count(record.get("numQueuedRequests"))
+    if running is None or waiting is None:
+        return None
+    kv = record.get("kvCacheStats")
+    kv = kv if isinstance(kv, Mapping) else {}
+    total = _count(kv.get("maxNumBlocks")) or 0
+    used = _count(kv.get("usedNumBlocks"))
+    if used is None:
+        free = _count(kv.get("freeNumBlocks"))
+        used = total - free if free is not None else 0
+    return EngineLoad(
+        waiting=waiting,
+        running=running,
+        kv_cache_utilization=min(max(used / total, 0.0), 1.0) if total else 0.0,
+        kv_block_size=_count(kv.get("tokensPerBlock")) or 0,
+        kv_total_blocks=total,
+    )
+
+
+def _count(value: object) -> int | None:
+    """A non-negative whole number from JSON, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0 or value != int(value):
+        return None
+    return int(value)
 
 
 def model_config(llm: Any, settings: Settings) -> dict[str, Any]:

@@ -19,6 +19,11 @@ details and the upstream files they come from):
   the executor is fatal: the engine turns unhealthy (``EngineUnavailable``).
 - Only settings that are set become ``LLM(...)`` kwargs, and only names that
   exist become ``SamplingParams`` fields: ``_trtllm_params.py``.
+- ``load()`` is TensorRT-LLM's own per-iteration stats (``get_stats_async``),
+  which its runtime hands over in batches every 0.2 s and only after a request
+  was submitted: a task drains them while requests are live and keeps the latest.
+  Before the first record of a busy spell, and when stats never come, it reports
+  the adapter's own in-flight count as running and nothing else; idle, nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from . import _trtllm_params as trt
 from ._trtllm_handle import TensorRTLLMHandle
 from .base import (
+    EngineLoad,
     EngineUnavailable,
     GenerationRequest,
     InvalidInput,
@@ -55,6 +61,14 @@ NOT_INSTALLED = (
     "TensorRT-LLM container or with NVIDIA's package index, or choose another --engine"
 )
 _INLINE_TOKENIZE_CHARS = 8192  # longer prompts are tokenized off the event loop
+# Iteration stats (docs/tensorrt_llm.md, "Load statistics"). The runtime queues them
+# every 0.2 s; reading every 25 ms takes each batch well within the 50 ms a router
+# scrapes at, and costs one non-blocking queue read when there is none.
+_STATS_POLL_S = 0.025
+# Once nothing is live, the last iterations' records arrive within one 0.2 s batch:
+# drain that long (and some), then stop until the next request.
+_STATS_SETTLE_S = 0.5
+_STATS_PER_POLL = 256  # records taken in one poll, at most (the rest wait for the next)
 
 
 class TensorRTLLMEngine:
@@ -71,6 +85,12 @@ class TensorRTLLMEngine:
         self._live: set[TensorRTLLMHandle] = set()
         self._failed = False
         self._closed = False
+        # The engine's latest report this busy spell (None: none yet, or idle), and the
+        # KV pool's shape (tokens per block, blocks) from the latest report that had one.
+        self._reported: EngineLoad | None = None
+        self._kv_shape = (0, 0)
+        self._stats_task: asyncio.Task[None] | None = None
+        self._stats_wake = asyncio.Event()  # set on submit: requests are live
         # Name and engine are right from the start (the server reads them at once);
         # the limits come from the model in start().
         self._description = ModelDescription(
@@ -102,6 +122,9 @@ class TensorRTLLMEngine:
             raise EngineUnavailable("the TensorRT-LLM engine is closed")
         # Importing TensorRT-LLM and loading the weights take a while and block.
         await asyncio.to_thread(self._load)
+        self._stats_task = asyncio.get_running_loop().create_task(
+            self._poll_stats(), name="tokenwire-trtllm-stats"
+        )
 
     def _load(self) -> None:
         s = self._settings
@@ -191,13 +214,89 @@ class TensorRTLLMEngine:
             raise EngineUnavailable(f"TensorRT-LLM cannot take requests: {error}") from error
         handle = TensorRTLLMHandle(self, request, result)
         self._live.add(handle)
+        self._stats_wake.set()
         return handle
 
     def in_flight(self) -> int:
         return len(self._live)
 
+    def load(self) -> EngineLoad:
+        """The latest iteration-stats record's load while requests are live.
+
+        Before this busy spell's first record (or with stats off) the adapter's own
+        count: its in-flight requests as running, none waiting, KV unknown (0). Idle,
+        no record is published (the runtime iterates only for requests), so it reads
+        0 running and 0 in use, with the pool's shape as last reported.
+        """
+        live = len(self._live)
+        reported = self._reported
+        if reported is not None and live:
+            return reported
+        block_size, total_blocks = self._kv_shape
+        return EngineLoad(
+            waiting=0,
+            running=live,
+            kv_cache_utilization=0.0,
+            kv_block_size=block_size,
+            kv_total_blocks=total_blocks,
+        )
+
+    async def _poll_stats(self) -> None:
+        """While requests are live, drain TensorRT-LLM's iteration stats and keep the
+        latest; idle, wait for a submit. Draining all of them also keeps the LLM's
+        stats queue, which nothing bounds, from growing."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._stats_wake.wait()
+            self._stats_wake.clear()
+            quiet_since: float | None = None
+            while quiet_since is None or loop.time() - quiet_since < _STATS_SETTLE_S:
+                if not await self._drain_stats():
+                    return
+                if self._live:
+                    quiet_since = None
+                elif quiet_since is None:
+                    quiet_since = loop.time()
+                await asyncio.sleep(_STATS_POLL_S)
+
+    async def _drain_stats(self) -> bool:
+        """Take the records queued now, without waiting; False once stats cannot be read.
+
+        ``get_stats_async(0)`` never waits: an empty queue raises ``QueueEmpty``
+        (``IndexError`` in older versions' race), and no timeout marks the stats
+        iterator done, as one with a timeout > 0 would until the next submit.
+        """
+        llm = self._llm
+        if llm is None:
+            return False
+        latest: EngineLoad | None = None
+        try:
+            taken = 0
+            async for record in llm.get_stats_async(0):
+                latest = trt.iteration_load(record) or latest
+                taken += 1
+                if taken >= _STATS_PER_POLL:
+                    break
+        except (asyncio.QueueEmpty, IndexError):
+            pass
+        except Exception:
+            if not (self._failed or self._closed):
+                log.warning("TensorRT-LLM iteration stats cannot be read", exc_info=True)
+            return False
+        if latest is not None:
+            if latest.kv_total_blocks:
+                self._kv_shape = (latest.kv_block_size, latest.kv_total_blocks)
+            if self._live:  # idle, a late record of the last spell's end is no report
+                self._reported = latest
+        return True
+
     async def close(self) -> None:
         self._closed = True
+        task, self._stats_task = self._stats_task, None
+        if task is not None:
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():
+                await asyncio.wait((task,))  # gone before the LLM is; close() stays cancellable
         for handle in list(self._live):
             handle.abort()
         llm, self._llm = self._llm, None
@@ -215,6 +314,8 @@ class TensorRTLLMEngine:
     def release(self, handle: TensorRTLLMHandle) -> None:
         """A handle is done with the engine: finished, failed or aborted."""
         self._live.discard(handle)
+        if not self._live:
+            self._reported = None  # the next busy spell starts from the adapter's count
 
     def fail(self, error: BaseException) -> None:
         """The executor died under a handle: nothing more can be served."""

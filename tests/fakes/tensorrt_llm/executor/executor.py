@@ -5,27 +5,45 @@ handles cancellations, admits waiting requests up to ``max_batch_size``, and
 gives every running sequence one token, sent as one response per sequence.
 The "model" writes words from tokenwire's simulated vocabulary and, often,
 accented, CJK and emoji words spelt in byte tokens.
+
+With stats on, each iteration also makes an iteration-stats record (the C++
+``IterationStats`` as JSON: docs/tensorrt_llm.md, "Load statistics"), kept in
+a list bounded as the runtime bounds it, and a task hands the list over to the
+LLM's ``IterationResult`` every ``_fake.stats_period_s``, as the stats thread
+does. The runtime iterates only while it has requests, so idle it makes none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import time
 import zlib
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from tokenwire.server.engines.simtok import EOS_ID, WORDS, SimTokenizer
 
 from .. import _fake
 from ..llmapi.utils import AsyncQueue, _SyncQueue
-from .result import Logprob, Response
+from .result import IterationResult, Logprob, Response
 from .utils import CppExecutorError
 
 if TYPE_CHECKING:
     from ..llmapi.tokenizer import TransformersTokenizer
     from .result import GenerationResult
+
+_DEFAULT_MAX_STATS = 1000  # records the runtime keeps between hand-overs by default
+
+
+async def empty_async_iterable() -> AsyncIterator[dict[str, object]]:
+    """What ``aget_stats`` returns before any request: an async generator yielding nothing."""
+    if False:  # an async generator with no items, as upstream writes it
+        yield {}
+
 
 _EXOTIC = ("café", "naïve", "日本語", "東京", "你好", "한국어", "🚀", "🎉", "Ωmega", "€")
 
@@ -68,8 +86,20 @@ class _Request:
 
 
 class GenerationExecutor:
-    def __init__(self, tokenizer: TransformersTokenizer | None, max_batch_size: int) -> None:
+    def __init__(
+        self,
+        tokenizer: TransformersTokenizer | None,
+        max_batch_size: int,
+        iter_stats: bool = False,
+        max_stats: int | None = None,
+    ) -> None:
         self._tokenizer = tokenizer
+        self._iter_stats = iter_stats  # the runtime makes iteration-stats records
+        self._max_stats = max(max_stats or _DEFAULT_MAX_STATS, 1)
+        self._stats: list[str] = []  # made since the last hand-over (the runtime's list)
+        self._iter_stats_result: IterationResult | None = None
+        self._stats_task: asyncio.Task[None] | None = None
+        self._iter = 0
         self._model = SimTokenizer()
         self._max_batch_size = max_batch_size
         self._waiting: deque[_Request] = deque()
@@ -85,6 +115,38 @@ class GenerationExecutor:
 
     def is_shutdown(self) -> bool:
         return self._shutdown
+
+    def _maybe_initialize_iteration_results(self) -> None:
+        """On every submit: make the stats iterator the first time, else mark it undone."""
+        if self._iter_stats_result is None:
+            self._iter_stats_result = IterationResult()
+            with contextlib.suppress(RuntimeError):  # no loop: nothing can read it anyway
+                loop = asyncio.get_running_loop()
+                self._stats_task = loop.create_task(
+                    self._dispatch_stats(self._iter_stats_result), name="fake-trtllm-stats"
+                )
+        else:
+            self._iter_stats_result.mark_undone()
+
+    def aget_stats(self, timeout: float | None) -> AsyncIterator[dict[str, object]]:
+        _fake.stats_calls += 1
+        if self._iter_stats_result is None:
+            # Upstream prints "Iteration statistics are not available yet..." here.
+            return empty_async_iterable()
+        self._iter_stats_result.set_timeout(timeout)
+        return self._iter_stats_result
+
+    async def _dispatch_stats(self, singleton: IterationResult) -> None:
+        """Every period, hand what the runtime made over: ``put_nowait`` each, one notify."""
+        queue = singleton.queue
+        while queue is not None and not self._shutdown:
+            await asyncio.sleep(_fake.stats_period_s)
+            batch, self._stats = self._stats, []
+            for record in batch:
+                queue.put_nowait(record)
+            if batch:
+                with contextlib.suppress(AsyncQueue.EventLoopShutdownError):
+                    _SyncQueue.notify_many(queue.loop, [queue])
 
     def new_request_id(self) -> int:
         self._last_id += 1
@@ -160,16 +222,92 @@ class GenerationExecutor:
             else:  # still waiting for a slot: dropped without an answer (UNCERTAIN upstream)
                 self._waiting = deque(r for r in self._waiting if r.result.request_id != request_id)
         self._cancelling.clear()
+        new = 0
         while self._waiting and len(self._running) < self._max_batch_size:
             request = self._waiting.popleft()
             self._running[request.result.request_id] = request
-        for request in list(self._running.values()):
+            new += 1
+        scheduled = list(self._running.values())
+        # As PyExecutor counts them: active and queued once this iteration's are admitted.
+        active, queued = len(scheduled), len(self._waiting)
+        started = time.perf_counter()
+        for request in scheduled:
             if request.fault is not None and request.produced >= _fake.FAULT_AFTER_TOKENS:
                 self._fail(request)
                 if self._shutdown:
                     return
                 continue
             self._advance(request)
+        if self._iter_stats:
+            done = sum(1 for r in scheduled if r.result.request_id not in self._running)
+            self._record_stats(scheduled, new, active, queued, done, started)
+
+    def _record_stats(
+        self,
+        scheduled: list[_Request],
+        new: int,
+        active: int,
+        queued: int,
+        completed: int,
+        started: float,
+    ) -> None:
+        """One iteration's record, as ``IterationStats.to_json_str()`` writes it (the
+        optional parts it has none of are null). KV: each sequence holds whole blocks
+        for its prompt and its tokens so far, through this iteration."""
+        per_block = _fake.tokens_per_block
+        total = _fake.kv_total_blocks
+        used = 0
+        for request in scheduled:
+            prompt = len(request.result.prompt_token_ids)
+            used += sum(-(-(prompt + seq.count) // per_block) for seq in request.seqs)
+        used = min(used, total)
+        self._iter += 1
+        record: dict[str, object] = {
+            "timestamp": time.strftime("%m-%d-%Y %H:%M:%S"),
+            "iter": self._iter,
+            "iterLatencyMS": (time.perf_counter() - started) * 1e3 + _fake.step_s * 1e3,
+            "newActiveRequestsQueueLatencyMS": 0.0,
+            "numNewActiveRequests": new,
+            "numActiveRequests": active,
+            "numQueuedRequests": queued,
+            "numCompletedRequests": completed,
+            "maxNumActiveRequests": self._max_batch_size,
+            "maxBatchSizeStatic": self._max_batch_size,
+            "maxBatchSizeTunerRecommended": 0,
+            "maxBatchSizeRuntime": self._max_batch_size,
+            "maxNumTokensStatic": 8192,
+            "maxNumTokensTunerRecommended": 0,
+            "maxNumTokensRuntime": 8192,
+            "gpuMemUsage": 0,
+            "cpuMemUsage": 0,
+            "pinnedMemUsage": 0,
+            "kvCacheStats": {
+                "maxNumBlocks": total,
+                "freeNumBlocks": total - used,
+                "usedNumBlocks": used,
+                "tokensPerBlock": per_block,
+                "allocTotalBlocks": used,
+                "allocNewBlocks": 0,
+                "reusedBlocks": 0,
+                "missedBlocks": 0,
+                "cacheHitRate": 0.0,
+            },
+            "staticBatchingStats": None,
+            "inflightBatchingStats": {
+                "numScheduledRequests": active,
+                "numContextRequests": new,
+                "numGenRequests": active - new,
+                "numPausedRequests": 0,
+                "numCtxTokens": 0,
+                "microBatchId": 0,
+                "avgNumDecodedTokensPerIter": 1.0,
+            },
+            "specDecodingStats": None,
+        }
+        _fake.stats_records.append(record)
+        if len(self._stats) >= self._max_stats:  # the runtime drops the oldest
+            self._stats.pop(0)
+        self._stats.append(json.dumps(record))
 
     def _advance(self, request: _Request) -> None:
         params = request.result.sampling_params
@@ -266,3 +404,5 @@ class GenerationExecutor:
         self._notify()
         if self._task is not None:
             self._task.cancel()
+        if self._stats_task is not None:
+            self._stats_task.cancel()

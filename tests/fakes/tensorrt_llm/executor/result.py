@@ -1,7 +1,8 @@
-"""``GenerationResult`` and ``CompletionOutput`` (executor/result.py upstream).
+"""``GenerationResult``, ``CompletionOutput`` and ``IterationResult`` (executor/result.py
+upstream).
 
-docs/tensorrt_llm.md, "Results", "Abort" and "Stop strings and stop token ids",
-say what this mirrors.
+docs/tensorrt_llm.md, "Results", "Abort", "Stop strings and stop token ids" and
+"Load statistics" say what this mirrors.
 
 The executor puts raw responses on a result's queue (``aqueue``, an
 ``AsyncQueue``: docs/tensorrt_llm.md, "The response queue"); each ``__anext__``
@@ -12,6 +13,7 @@ every time, with cumulative ``token_ids``/``text``/``logprobs`` per output.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -63,6 +65,17 @@ class Response:
     fatal: BaseException | None = None  # the executor died
 
 
+def _loop_queues() -> tuple[AsyncQueue | None, _SyncQueue | None]:
+    """A result's ``aqueue`` and ``queue``: an async queue only if a loop runs now, bound
+    to it (upstream's sync fallback, a queue.Queue, is left out: nothing here reads it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None, None
+    queue = AsyncQueue()
+    return queue, queue.sync_q
+
+
 class GenerationResult:
     def __init__(
         self,
@@ -82,16 +95,7 @@ class GenerationResult:
         self._aborted = False
         best_of = sampling_params.best_of or sampling_params.n
         self._outputs = [CompletionOutput(i) for i in range(best_of)]
-        # The async queue exists only if a loop runs now, and is bound to it
-        # (upstream's sync fallback, a queue.Queue, is left out: nothing here reads it).
-        self.aqueue: AsyncQueue | None = None
-        self.queue: _SyncQueue | None = None
-        try:
-            asyncio.get_running_loop()
-            self.aqueue = AsyncQueue()
-            self.queue = self.aqueue.sync_q
-        except RuntimeError:
-            pass
+        self.aqueue, self.queue = _loop_queues()
         self.abort_calls = 0  # test record: how often abort() was called
         self.waiting = False  # test record: an __anext__ is waiting for a response
         _fake.results.append(self)
@@ -196,3 +200,43 @@ class GenerationResult:
         # even when n > 1 and the other outputs had not finished.
         self.abort()
         self._done = True
+
+
+class IterationResult:
+    """The LLM's one stats iterator: what ``get_stats_async`` returns once a request
+    was submitted (docs/tensorrt_llm.md, "Load statistics").
+
+    The runtime ``put_nowait``s JSON strings on its queue; ``__anext__`` parses one.
+    A wait with a timeout > 0 that runs out marks it done, and done it stays (no
+    more records) until ``mark_undone``, which the next submit calls; with a timeout
+    <= 0 an empty queue raises ``asyncio.QueueEmpty`` and leaves it as it was.
+    """
+
+    def __init__(self) -> None:
+        self._done = False
+        self._timeout: float | None = 2
+        self.aqueue, self.queue = _loop_queues()
+
+    def set_timeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def mark_undone(self) -> None:
+        self._done = False
+
+    def __aiter__(self) -> IterationResult:
+        return self
+
+    async def __anext__(self) -> dict[str, object]:
+        if self._done:
+            raise StopAsyncIteration
+        assert self.aqueue is not None, (
+            "The asyncio event loop was not present during initialization, "
+            "so async operations are not available."
+        )
+        try:
+            data = await self.aqueue.get(timeout=self._timeout)
+        except TimeoutError:
+            self._done = True
+            raise StopAsyncIteration from None
+        record: dict[str, object] = json.loads(data)
+        return record

@@ -3,6 +3,7 @@
     llm = LLM("some/model", max_batch_size=8)       # ValueError on an unknown kwarg
     result = llm.generate_async({"prompt_token_ids": ids}, sampling_params, streaming=True)
     async for out in result: ...                     # the same RequestOutput, mutated
+    async for stat in llm.get_stats_async(0): ...    # iteration stats, as dicts
     llm.shutdown()
 
 A model that is an existing directory without tokenizer files loads with no
@@ -11,6 +12,7 @@ tokenizer (``llm.tokenizer`` is None), as ``load_hf_tokenizer`` does.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +77,10 @@ class BaseLLM:
         if not skip_tokenizer_init and (tokenizer is not None or not no_tokenizer_files):
             self._tokenizer = TransformersTokenizer(FakeHFTokenizer())
         self._executor: GenerationExecutor | None = GenerationExecutor(
-            self._tokenizer, self.args.max_batch_size or _DEFAULT_MAX_BATCH_SIZE
+            self._tokenizer,
+            self.args.max_batch_size or _DEFAULT_MAX_BATCH_SIZE,
+            iter_stats=self._iter_stats_enabled(),
+            max_stats=self.args.iter_stats_max_iterations,
         )
         _fake.llms.append(self)
 
@@ -103,11 +108,20 @@ class BaseLLM:
         params = self._prepare_sampling_params(sampling_params)
         prompt_ids = self._prompt_token_ids(inputs)
         self._check_arguments(len(prompt_ids), params)
+        executor._maybe_initialize_iteration_results()  # as GenerationExecutor.generate_async
         result = RequestOutput(
             executor.new_request_id(), prompt_ids, params, executor, self._tokenizer
         )
         executor.enqueue(result)
         return result
+
+    def get_stats_async(self, timeout: float | None = 2) -> AsyncIterator[dict[str, object]]:
+        """Iteration stats: an async iterator of dicts (docs/tensorrt_llm.md, "Load
+        statistics"). After ``shutdown()`` there is no executor (an AttributeError)."""
+        executor = self._executor
+        if executor is None:
+            raise AttributeError("'NoneType' object has no attribute 'aget_stats'")
+        return executor.aget_stats(timeout=timeout)
 
     def shutdown(self) -> None:
         if self._executor is not None:
@@ -151,9 +165,16 @@ class BaseLLM:
     def _check_arguments(self, prompt_len: int, params: SamplingParams) -> None:
         raise NotImplementedError
 
+    def _iter_stats_enabled(self) -> bool:
+        raise NotImplementedError
+
 
 class _TorchLLM(BaseLLM):
     _fields = COMMON_FIELDS | TORCH_ONLY_FIELDS
+
+    def _iter_stats_enabled(self) -> bool:
+        # PyExecutor.get_latest_iteration_stats returns [] unless enable_iter_perf_stats.
+        return self.args.enable_iter_perf_stats
 
     def __init__(self, model: str | Path, *args: Any, **kwargs: Any) -> None:
         backend = kwargs.pop("backend", "pytorch")
@@ -177,6 +198,10 @@ class _TorchLLM(BaseLLM):
 
 class _TrtLLM(BaseLLM):
     _fields = COMMON_FIELDS | TRT_ONLY_FIELDS
+
+    def _iter_stats_enabled(self) -> bool:
+        # The C++ executor keeps iterStatsMaxIterations records (1000 by default); 0 is none.
+        return self.args.iter_stats_max_iterations != 0
 
     def _check_arguments(self, prompt_len: int, params: SamplingParams) -> None:
         max_seq_len = self.args.max_seq_len or _BUILT_MAX_SEQ_LEN

@@ -36,6 +36,7 @@ COMMON_FIELDS = frozenset(
         "postprocess_tokenizer_dir",
         "gather_generation_logits",
         "enable_chunked_prefill",
+        "iter_stats_max_iterations",
     }
 )
 # TrtLlmArgs only: the PyTorch LLM refuses them with a hint to use _tensorrt_engine.
@@ -51,7 +52,9 @@ TRT_ONLY_FIELDS = frozenset(
     }
 )
 # TorchLlmArgs only: the TensorRT LLM calls them invalid.
-TORCH_ONLY_FIELDS = frozenset({"attn_backend", "cuda_graph_config", "disable_overlap_scheduler"})
+TORCH_ONLY_FIELDS = frozenset(
+    {"attn_backend", "cuda_graph_config", "disable_overlap_scheduler", "enable_iter_perf_stats"}
+)
 
 
 @dataclass
@@ -96,3 +99,13 @@ class LlmArgs:
     @property
     def enable_chunked_prefill(self) -> bool:
         return bool(self._get("enable_chunked_prefill"))
+
+    @property
+    def enable_iter_perf_stats(self) -> bool:
+        """PyTorch backend only; off unless asked for (TorchLlmArgs)."""
+        return bool(self._get("enable_iter_perf_stats"))
+
+    @property
+    def iter_stats_max_iterations(self) -> int | None:
+        value = self._get("iter_stats_max_iterations")
+        return value if isinstance(value, int) else None
