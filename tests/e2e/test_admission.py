@@ -9,10 +9,26 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from tokenwire.server.app import Server
 from tokenwire.v1 import generation_pb2 as pb
+from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from ..helpers import async_wait_for
 from .test_cancellation import LONG, metric
+
+GenerateCall = grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse]
+
+
+async def fill_slots_and_queue(
+    server: Server, stub: pb_grpc.GenerationServiceAsyncStub, slots: int, waiting: int
+) -> tuple[list[GenerateCall], list[GenerateCall]]:
+    """Long streams: ``slots`` running (each has spoken), then ``waiting`` queued."""
+    running = [stub.Generate(LONG) for _ in range(slots)]
+    for call in running:
+        await call.read()
+    queued = [stub.Generate(LONG) for _ in range(waiting)]
+    await async_wait_for(lambda: server.admission.queue_depth == waiting)
+    return running, queued
 
 
 def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo:
@@ -28,11 +44,7 @@ def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo:
 async def test_burst_beyond_the_queue_is_refused_with_a_retry_hint(make_server, stub_for):
     server = await make_server(sim_itl_ms=10, max_concurrent_requests=2, max_queue=3)
     stub = await stub_for(server)
-    running = [stub.Generate(LONG) for _ in range(2)]
-    for call in running:
-        await call.read()
-    queued = [stub.Generate(LONG) for _ in range(3)]
-    await async_wait_for(lambda: server.admission.queue_depth == 3)
+    running, queued = await fill_slots_and_queue(server, stub, 2, 3)
     assert metric(server, "tokenwire_queue_depth") == 3
     assert server.engine.in_flight() == 2  # the queue holds no engine request
 
@@ -111,3 +123,31 @@ async def test_deadline_too_short_for_the_first_token_is_refused_at_once(make_se
     assert metric(server, "tokenwire_tokens_total", kind="completion") == completions
     # A deadline that leaves room goes through.
     assert (await stub.Complete(short, timeout=5)).choices[0].token_ids
+
+
+async def test_a_high_priority_request_overtakes_a_flood_of_low_ones(make_server, stub_for):
+    server = await make_server(sim_itl_ms=2, max_concurrent_requests=1, max_queue=20)
+    stub = await stub_for(server)
+    short = pb.GenerateRequest(
+        prompt="x", stopping=pb.StoppingOptions(max_tokens=20, ignore_eos=True)
+    )
+    running = stub.Generate(LONG)
+    await running.read()
+    ended: list[str] = []
+
+    async def complete(name: str, priority: float) -> None:
+        req = pb.GenerateRequest()
+        req.CopyFrom(short)
+        req.priority = priority
+        await stub.Complete(req)
+        ended.append(name)
+
+    floods = []
+    for i in range(8):
+        floods.append(asyncio.create_task(complete(f"low-{i}", 0.1)))
+        await async_wait_for(lambda: server.admission.queue_depth == len(floods))
+    urgent = asyncio.create_task(complete("high", 0.9))
+    await async_wait_for(lambda: server.admission.queue_depth == 9)
+    running.cancel()  # the slot frees: the high one takes it, the flood after it
+    await asyncio.wait_for(asyncio.gather(urgent, *floods), 20)
+    assert ended == ["high", *(f"low-{i}" for i in range(8))]

@@ -151,3 +151,12 @@ def test_the_health_port_answers_grpcurl_too(keyed_server):
     out = grpcurl(f"127.0.0.1:{port}", "grpc.health.v1.Health/Check")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"status": "SERVING"}
+
+
+def test_get_load_by_hand(sim_server):
+    out = grpcurl(sim_server, "tokenwire.v1.GenerationService/GetLoad")
+    assert out.returncode == 0, out.stderr
+    load = json.loads(out.stdout)
+    # proto3 JSON leaves zeros out: an idle simulator reports its pool's shape only.
+    assert load["kvBlockSize"] == 16 and load["kvTotalBlocks"] == 4096
+    assert "numRequestsRunning" not in load

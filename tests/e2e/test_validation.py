@@ -97,6 +97,8 @@ CASES = [
         "sampling.temperature",
     ),
     ("top_p 0", gen(sampling=pb.SamplingParams(top_p=0)), INVALID, "sampling.top_p"),
+    ("priority above 1", gen(priority=1.5), INVALID, "priority"),
+    ("priority below 0", gen(priority=-0.1), INVALID, "priority"),
     ("top_p above 1", gen(sampling=pb.SamplingParams(top_p=1.5)), INVALID, "sampling.top_p"),
     ("min_p above 1", gen(sampling=pb.SamplingParams(min_p=2)), INVALID, "sampling.min_p"),
     (

@@ -268,3 +268,40 @@ async def test_prompt_beyond_the_context_is_refused(served: Served) -> None:
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "stopping.max_tokens" in (info.value.details() or "")
     assert served.server.engine.in_flight() == 0
+
+
+async def test_the_engine_reports_its_load(served: Served) -> None:
+    """GetLoad and the load metrics come from the engine: requests running and KV
+    blocks in use while it generates, back to idle once it is done."""
+    idle = await served.stub.GetLoad(pb.GetLoadRequest())
+    assert idle.num_requests_running == 0 and idle.num_requests_waiting == 0
+    room = served.info.max_context_length - 32
+    calls = [served.stub.Generate(gen(max_tokens=min(room, 4000))) for _ in range(2)]
+    for call in calls:
+        assert isinstance(await call.read(), pb.GenerateResponse)
+
+    async def busy() -> pb.Load:
+        return await served.stub.GetLoad(pb.GetLoadRequest())
+
+    # Engines that report asynchronously (TensorRT-LLM's iteration stats) catch up
+    # within their polling period.
+    async def running_both() -> bool:
+        load = await busy()
+        return load.num_requests_running == 2 and load.kv_cache_utilization > 0
+
+    await async_wait_for(running_both, within=10)
+    load = await busy()
+    # TensorRT-LLM reports its pool's shape with its first iteration's stats.
+    assert 0 < load.kv_cache_utilization <= 1
+    assert load.kv_total_blocks > 0 and load.kv_block_size > 0
+    assert served.metric("tokenwire_num_requests_running") == load.num_requests_running
+    for call in calls:
+        call.cancel()
+    await async_wait_for(lambda: served.server.engine.in_flight() == 0, within=10)
+
+    async def back_to_idle() -> bool:
+        load = await busy()
+        return load.num_requests_running == 0 and load.kv_cache_utilization == 0
+
+    await async_wait_for(back_to_idle, within=10)
+    assert served.metric("tokenwire_kv_cache_utilization") == 0

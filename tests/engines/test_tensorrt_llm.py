@@ -1113,7 +1113,7 @@ async def test_the_stats_poller_is_idle_while_nothing_runs(trtllm, fast_stats, m
     async def settled() -> bool:  # the poller stops reading once it has drained the end
         before = trtllm._fake.stats_calls
         await asyncio.sleep(0.15)
-        return trtllm._fake.stats_calls == before
+        return bool(trtllm._fake.stats_calls == before)
 
     await async_wait_for(settled, within=5)
     calls = trtllm._fake.stats_calls
@@ -1131,3 +1131,9 @@ async def test_the_stats_poller_stops_with_the_engine(trtllm, fast_stats, make_e
     assert tasks[0].done() and handle.finished
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "tokenwire-trtllm-stats"]
     assert engine.load().running == 0
+
+
+async def test_the_requests_priority_reaches_generate_async(engine: TensorRTLLMEngine, trtllm: Any):
+    await drain(await submit(engine, max_tokens=4, ignore_eos=True, priority=0.9))
+    await drain(await submit(engine, max_tokens=4, ignore_eos=True))
+    assert trtllm._fake.priorities == [0.9, 0.5]  # newer versions schedule by it

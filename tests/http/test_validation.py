@@ -41,6 +41,8 @@ CASES = [
         "response_format",
     ),
     ("/v1/chat/completions", {**CHAT, "seed": "7"}, "seed"),
+    ("/v1/chat/completions", {**CHAT, "priority": 2}, "priority"),
+    ("/v1/chat/completions", {**CHAT, "priority": "high"}, "priority"),
     ("/v1/completions", {"prompt": ["a", "b"]}, "prompt"),
     ("/v1/completions", {"prompt": 5}, "prompt"),
     ("/v1/completions", {"prompt": [1, -2]}, "prompt"),

@@ -74,3 +74,46 @@ async def test_a_waiter_cancelled_before_the_slot_is_handed_on():
     assert admission.busy == 1 and admission.queue_depth == 0
     admission.release()
     assert admission.busy == 0
+
+
+async def test_higher_priorities_get_slots_first_and_fifo_within_one():
+    admission = Admission(slots=1, max_queue=10)
+    await admission.acquire(None)
+    order: list[str] = []
+
+    async def wait(name: str, priority: float) -> None:
+        await admission.acquire(None, priority)
+        order.append(name)
+
+    tasks = []
+    for name, priority in [("low-1", 0.1), ("low-2", 0.1), ("mid", 0.5), ("high", 0.9)]:
+        tasks.append(asyncio.create_task(wait(name, priority)))
+        await async_wait_for(lambda: admission.queue_depth == len(tasks))
+    for served in range(1, len(tasks) + 1):
+        admission.release()  # one slot frees at a time; the next in line takes it
+        await async_wait_for(lambda: len(order) == served)  # noqa: B023 - awaited at once
+    assert order == ["high", "mid", "low-1", "low-2"]
+    admission.release()
+    assert admission.busy == 0 and admission.queue_depth == 0
+
+
+async def test_a_full_queue_makes_room_for_a_higher_priority():
+    admission = Admission(slots=1, max_queue=2)
+    await admission.acquire(None)
+    older = asyncio.create_task(admission.acquire(None, 0.1))
+    await async_wait_for(lambda: admission.queue_depth == 1)
+    newer = asyncio.create_task(admission.acquire(None, 0.1))
+    await async_wait_for(lambda: admission.queue_depth == 2)
+    with pytest.raises(Overloaded):  # as low as the queue's last: refused
+        await admission.acquire(None, 0.1)
+    high = asyncio.create_task(admission.acquire(None, 0.9))
+    with pytest.raises(Overloaded):  # the newest of the lowest makes room
+        await asyncio.wait_for(newer, 1)
+    assert admission.queue_depth == 2
+    admission.release()
+    assert await asyncio.wait_for(high, 1) >= 0.0  # the high one goes first...
+    assert not older.done()
+    admission.release()
+    assert await asyncio.wait_for(older, 1) >= 0.0  # ...the older low one next
+    admission.release()
+    assert admission.busy == 0 and admission.queue_depth == 0

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from tests.helpers import parse_metrics, sample
 from tokenwire.server.core.telemetry import ABORT_REASONS, Metrics
+from tokenwire.server.engines.base import EngineLoad
 
 MODEL = {"gen_ai_request_model": "m", "gen_ai_system": "simulated"}
 
 
 def _metrics() -> Metrics:
-    return Metrics("m", "simulated", in_flight=lambda: 0, queue_depth=lambda: 0)
+    return Metrics(
+        "m",
+        "simulated",
+        in_flight=lambda: 0,
+        queue_depth=lambda: 0,
+        load=lambda: EngineLoad(0, 0, 0.0, 16, 1),
+    )
 
 
 def test_a_value_on_a_bound_counts_in_that_bucket_and_buckets_are_cumulative() -> None:

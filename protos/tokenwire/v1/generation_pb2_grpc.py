@@ -59,6 +59,16 @@ class GenerationServiceStub:
                 request_serializer=tokenwire_dot_v1_dot_generation__pb2.TokenizeRequest.SerializeToString,
                 response_deserializer=tokenwire_dot_v1_dot_generation__pb2.TokenizeResponse.FromString,
                 _registered_method=True)
+        self.GetLoad = channel.unary_unary(
+                '/tokenwire.v1.GenerationService/GetLoad',
+                request_serializer=tokenwire_dot_v1_dot_generation__pb2.GetLoadRequest.SerializeToString,
+                response_deserializer=tokenwire_dot_v1_dot_generation__pb2.Load.FromString,
+                _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/tokenwire.v1.GenerationService/Abort',
+                request_serializer=tokenwire_dot_v1_dot_generation__pb2.AbortRequest.SerializeToString,
+                response_deserializer=tokenwire_dot_v1_dot_generation__pb2.AbortResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -103,6 +113,25 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLoad(self, request, context):
+        """GetLoad reports how loaded this server is, as its metrics do: requests
+        waiting and running, and the engine's KV cache. For routers and
+        autoscalers that pick or size replicas by load.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Abort(self, request, context):
+        """Abort ends the named live requests at once, for gateways that cancel on
+        behalf of the clients they front: each one's engine request is aborted
+        (reason "aborted") and its call ends with CANCELLED. Ids that are not
+        live are ignored; the answer names the ones that were.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +154,16 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.Tokenize,
                     request_deserializer=tokenwire_dot_v1_dot_generation__pb2.TokenizeRequest.FromString,
                     response_serializer=tokenwire_dot_v1_dot_generation__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'GetLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoad,
+                    request_deserializer=tokenwire_dot_v1_dot_generation__pb2.GetLoadRequest.FromString,
+                    response_serializer=tokenwire_dot_v1_dot_generation__pb2.Load.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=tokenwire_dot_v1_dot_generation__pb2.AbortRequest.FromString,
+                    response_serializer=tokenwire_dot_v1_dot_generation__pb2.AbortResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -240,6 +279,60 @@ class GenerationService:
             '/tokenwire.v1.GenerationService/Tokenize',
             tokenwire_dot_v1_dot_generation__pb2.TokenizeRequest.SerializeToString,
             tokenwire_dot_v1_dot_generation__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tokenwire.v1.GenerationService/GetLoad',
+            tokenwire_dot_v1_dot_generation__pb2.GetLoadRequest.SerializeToString,
+            tokenwire_dot_v1_dot_generation__pb2.Load.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tokenwire.v1.GenerationService/Abort',
+            tokenwire_dot_v1_dot_generation__pb2.AbortRequest.SerializeToString,
+            tokenwire_dot_v1_dot_generation__pb2.AbortResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,17 @@ class GenerationServiceStub:
     """Tokenize turns a prompt or chat messages into token ids, exactly as the
     engine would see them in a GenerateRequest.
     """
+    GetLoad: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GetLoadRequest, _generation_pb2.Load]
+    """GetLoad reports how loaded this server is, as its metrics do: requests
+    waiting and running, and the engine's KV cache. For routers and
+    autoscalers that pick or size replicas by load.
+    """
+    Abort: _grpc.UnaryUnaryMultiCallable[_generation_pb2.AbortRequest, _generation_pb2.AbortResponse]
+    """Abort ends the named live requests at once, for gateways that cancel on
+    behalf of the clients they front: each one's engine request is aborted
+    (reason "aborted") and its call ends with CANCELLED. Ids that are not
+    live are ignored; the answer names the ones that were.
+    """
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -87,6 +98,17 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     Tokenize: _aio.UnaryUnaryMultiCallable[_generation_pb2.TokenizeRequest, _generation_pb2.TokenizeResponse]  # type: ignore[assignment]
     """Tokenize turns a prompt or chat messages into token ids, exactly as the
     engine would see them in a GenerateRequest.
+    """
+    GetLoad: _aio.UnaryUnaryMultiCallable[_generation_pb2.GetLoadRequest, _generation_pb2.Load]  # type: ignore[assignment]
+    """GetLoad reports how loaded this server is, as its metrics do: requests
+    waiting and running, and the engine's KV cache. For routers and
+    autoscalers that pick or size replicas by load.
+    """
+    Abort: _aio.UnaryUnaryMultiCallable[_generation_pb2.AbortRequest, _generation_pb2.AbortResponse]  # type: ignore[assignment]
+    """Abort ends the named live requests at once, for gateways that cancel on
+    behalf of the clients they front: each one's engine request is aborted
+    (reason "aborted") and its call ends with CANCELLED. Ids that are not
+    live are ignored; the answer names the ones that were.
     """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -136,6 +158,29 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_generation_pb2.TokenizeResponse, _abc.Awaitable[_generation_pb2.TokenizeResponse]]:
         """Tokenize turns a prompt or chat messages into token ids, exactly as the
         engine would see them in a GenerateRequest.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLoad(
+        self,
+        request: _generation_pb2.GetLoadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.Load, _abc.Awaitable[_generation_pb2.Load]]:
+        """GetLoad reports how loaded this server is, as its metrics do: requests
+        waiting and running, and the engine's KV cache. For routers and
+        autoscalers that pick or size replicas by load.
+        """
+
+    @_abc_1.abstractmethod
+    def Abort(
+        self,
+        request: _generation_pb2.AbortRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.AbortResponse, _abc.Awaitable[_generation_pb2.AbortResponse]]:
+        """Abort ends the named live requests at once, for gateways that cancel on
+        behalf of the clients they front: each one's engine request is aborted
+        (reason "aborted") and its call ends with CANCELLED. Ids that are not
+        live are ignored; the answer names the ones that were.
         """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -140,6 +140,7 @@ class Server:
             model.engine,
             in_flight=self.engine.in_flight,
             queue_depth=lambda: self.admission.queue_depth,
+            load=self.engine.load,
         )
         self.watchdog = Watchdog(settings.stall_timeout_s, settings.engine_stall_timeout_s)
         self.tracing = Tracing(model.name, model.engine, settings.otlp_endpoint)

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     sim_max_context: int = Field(
         32768, ge=16, description="Simulated engine: context length it claims."
     )
+    sim_kv_blocks: int = Field(
+        4096,
+        ge=1,
+        description="Simulated engine: KV-cache blocks of 16 tokens it models; each live "
+        "sequence holds blocks for its prompt and completion so far.",
+    )
 
     # Listeners.
     host: str = Field(

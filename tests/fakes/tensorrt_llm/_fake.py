@@ -54,5 +54,8 @@ results: list[GenerationResult] = []
 stats_calls = 0
 """How often ``get_stats_async`` was called."""
 
+priorities: list[float] = []
+"""The ``priority`` of every ``generate_async`` call, oldest first."""
+
 stats_records: list[dict[str, object]] = []
 """Every iteration-stats record the runtime made, oldest first (what was queued)."""

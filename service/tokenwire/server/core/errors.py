@@ -16,6 +16,7 @@ Error tree::
     └── Ended                     the call ended before its answer did
         ├── ClientCancelled       the client cancelled or went away
         ├── DeadlineExpired       the client's deadline passed
+        ├── Aborted               aborted by its id (the Abort RPC)
         └── ShuttingDown          the server is stopping (refused, or cut at the grace's end)
     EngineError                   (engines/base.py)
     ├── EngineUnavailable         the engine cannot take requests
@@ -103,6 +104,11 @@ class ShuttingDown(Ended):
     pass
 
 
+class Aborted(Ended):
+    """A gateway aborted the request by its id (``Abort``); its client still waits
+    for an ending, which says so."""
+
+
 class EngineStalled(EngineUnavailable):
     """The engine produced nothing for a request within the engine stall timeout."""
 
@@ -136,6 +142,7 @@ _TABLE: tuple[tuple[type[BaseException], Answer], ...] = (
     (DeadlineTooShort, Answer("DEADLINE_EXCEEDED", 504, "timeout_error", "deadline_too_short")),
     (DeadlineExpired, Answer("DEADLINE_EXCEEDED", 504, "timeout_error", "deadline_exceeded")),
     (ClientCancelled, Answer("CANCELLED", 499, "cancelled", "cancelled")),
+    (Aborted, Answer("CANCELLED", 499, "cancelled", "aborted")),
     (ShuttingDown, Answer("UNAVAILABLE", 503, "service_unavailable_error", "shutting_down")),
     (Unauthenticated, Answer("UNAUTHENTICATED", 401, "authentication_error", "invalid_api_key")),
     (

@@ -55,6 +55,7 @@ _ABORT_REASONS: tuple[tuple[type[BaseException], AbortReason], ...] = (
     (errors.DeadlineExpired, "deadline"),
     (errors.ShuttingDown, "shutdown"),
     (errors.ClientCancelled, "cancelled"),
+    (errors.Aborted, "aborted"),
 )
 
 
@@ -101,10 +102,10 @@ class Core:
         self.metrics = metrics
         self.limits = limits
         self.tracing = tracing
-        self._admission = admission
+        self.admission = admission
         self._watchdog = watchdog
         self.pacer = Pacer(lambda: self.metrics.streams_active > 0, max_pause_s)
-        self.live: set[str] = set()  # request ids of live generations
+        self.live: dict[str, Call] = {}  # live generations by request id
         # Set when a shutdown begins: new generations are refused from then on,
         # and calls cancelled after the grace ends were cut by the shutdown.
         self.grace_ends_at: float | None = None
@@ -120,6 +121,20 @@ class Core:
         """A call's span (continuing a ``traceparent`` in ``headers``)."""
         with self.tracing.rpc_span(SERVICE, method, headers, door) as span:
             yield Call(span, time_remaining)
+
+    def abort(self, request_ids: Iterable[str]) -> list[str]:
+        """End the named live generations at once (reason ``aborted``): each one's
+        task is cancelled and its ending, decided here, says it was aborted."""
+        aborted = []
+        for request_id in dict.fromkeys(request_ids):
+            call = self.live.get(request_id)
+            if call is None or call.watched is None or call.watched.task is None:
+                continue
+            if call.cause is None:
+                call.cause = errors.Aborted(f"request {request_id!r} was aborted by its id")
+            call.watched.task.cancel()
+            aborted.append(request_id)
+        return aborted
 
     def ending(self, call: Call, error: BaseException) -> Exception:
         """The error a call ends with: a raised one as it is, a cancel as its cause."""
@@ -184,7 +199,7 @@ class Core:
             raise errors.DuplicateRequestId(
                 f"request_id {plan.request_id!r} is already in progress"
             )
-        self.live.add(plan.request_id)
+        self.live[plan.request_id] = call
         logs.request_id.set(plan.request_id)  # this call's task only
         self.metrics.streams_active += 1
         progress = call.progress = Progress(started, plan.template.sampling.n)
@@ -202,7 +217,9 @@ class Core:
                 sizes.refuse_unfit(request_, whole_limit)
             operation = "chat" if plan.input_field == "messages" else "text_completion"
             self.tracing.request(call.span, request_, operation)
-            progress.queue_s = await self._admission.acquire(call.time_remaining())
+            progress.queue_s = await self.admission.acquire(
+                call.time_remaining(), request_.priority
+            )
             admitted_at = time.perf_counter()
             handle = engine.submit(request_)
             yield Generation(plan, handle, progress, watched)
@@ -214,12 +231,12 @@ class Core:
             if handle is not None and not handle.finished:
                 self._abort(handle, call, error)
             self._watchdog.forget(watched)
-            self.live.discard(plan.request_id)
+            del self.live[plan.request_id]
             self.metrics.streams_active -= 1
             if admitted_at is not None:
-                self._admission.release()
+                self.admission.release()
                 first = progress.first_token_at
-                self._admission.observe(
+                self.admission.observe(
                     time.perf_counter() - admitted_at,
                     None if first is None else first - admitted_at,
                 )

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from tokenwire.v1 import generation_pb2 as pb
 
 from ..engines.base import (
+    EngineLoad,
     FinishReason,
     GenerationHandle,
     ModelDescription,
@@ -129,6 +130,17 @@ class StreamMessages:
         msg.completion_tokens = flush.completion_tokens
         msg.finish_reason = FINISH_REASONS[d.finish_reason]
         return msg
+
+
+def load(engine: EngineLoad, queue_depth: int) -> pb.Load:
+    """GetLoad's answer: the numbers the load metrics export."""
+    return pb.Load(
+        num_requests_waiting=queue_depth + engine.waiting,
+        num_requests_running=engine.running,
+        kv_cache_utilization=engine.kv_cache_utilization,
+        kv_block_size=engine.kv_block_size,
+        kv_total_blocks=engine.kv_total_blocks,
+    )
 
 
 def usage(progress: Progress, cached: int) -> pb.Usage:

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from tokenwire.v1 import generation_pb2 as pb
 
 from ..engines.base import (
+    DEFAULT_PRIORITY,
     ChatMessage,
     GenerationRequest,
     ModelDescription,
@@ -192,8 +193,15 @@ def plan_request(req: pb.GenerateRequest, model: ModelDescription, limits: Limit
     if delay_ms is not None and delay_ms > MAX_BATCH_DELAY_MS:
         raise InvalidArgument("stream.max_batch_delay_ms", f"must be at most {MAX_BATCH_DELAY_MS}")
 
+    priority = DEFAULT_PRIORITY
+    if req.HasField("priority"):
+        priority = float(req.priority)
+        if not (math.isfinite(priority) and 0.0 <= priority <= 1.0):
+            raise InvalidArgument("priority", "must be in [0, 1]")
+
     template = GenerationRequest(
         request_id=request_id,
+        priority=priority,
         prompt_token_ids=(),
         max_tokens=0,
         sampling=sampling,

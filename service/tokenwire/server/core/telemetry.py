@@ -24,8 +24,10 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from ..engines.base import EngineLoad
+
 AbortReason = str  # one of ABORT_REASONS
-ABORT_REASONS = ("cancelled", "deadline", "shutdown", "stalled", "error")
+ABORT_REASONS = ("cancelled", "deadline", "shutdown", "stalled", "error", "aborted")
 
 # Seconds; LLM latencies span milliseconds (a token) to minutes (a long answer).
 _LATENCY_BUCKETS = (
@@ -127,6 +129,7 @@ class Metrics:
         engine: str,
         in_flight: Callable[[], int],
         queue_depth: Callable[[], int],
+        load: Callable[[], EngineLoad],
     ) -> None:
         self.registry = CollectorRegistry()
         reader = PrometheusMetricReader(
@@ -205,6 +208,35 @@ class Metrics:
             "tokenwire_queue_depth",
             callbacks=[observe(lambda: [(queue_depth(), {})])],
             description="Requests admitted but waiting for an engine slot",
+        )
+        # Load signals for routers (llm-d's endpoint picker scrapes every 50 ms):
+        # read from the engine when scraped, so they cost nothing in between.
+        meter.create_observable_gauge(
+            "tokenwire_num_requests_waiting",
+            callbacks=[observe(lambda: [(queue_depth() + load().waiting, {})])],
+            description="Requests waiting: the admission queue plus the engine's own queue",
+        )
+        meter.create_observable_gauge(
+            "tokenwire_num_requests_running",
+            callbacks=[observe(lambda: [(load().running, {})])],
+            description="Requests the engine is generating for",
+        )
+        meter.create_observable_gauge(
+            "tokenwire_kv_cache_utilization",
+            callbacks=[observe(lambda: [(load().kv_cache_utilization, {})])],
+            description="Fraction (0-1) of the engine's KV-cache blocks in use",
+        )
+
+        def cache_config() -> list[tuple[int, dict[str, str]]]:
+            now = load()
+            labels = {"block_size": str(now.kv_block_size)}
+            labels["num_gpu_blocks"] = str(now.kv_total_blocks)
+            return [(1, labels)]
+
+        meter.create_observable_gauge(
+            "tokenwire_cache_config_info",
+            callbacks=[observe(cache_config)],
+            description="The engine's KV cache: tokens per block and blocks in all (value 1)",
         )
         # Names and labels as OpenTelemetry's Prometheus exporter writes them.
         model_labels = ("gen_ai_request_model", "gen_ai_system")

@@ -23,6 +23,7 @@ def create_engine(settings: Settings) -> Engine:
                 ttft_s=settings.sim_ttft_ms / 1000.0,
                 itl_s=settings.sim_itl_ms / 1000.0,
                 max_context_length=settings.sim_max_context,
+                kv_blocks=settings.sim_kv_blocks,
             )
         )
     if settings.engine == "transformers":

@@ -88,6 +88,22 @@ class Scheduler:
         """Sequences in the batch now (read from another thread: a snapshot)."""
         return sum(len(batch.rows) for batch in list(self._batches))
 
+    @property
+    def waiting_jobs(self) -> int:
+        """Jobs in the inbox, not in the batch yet (a snapshot)."""
+        return len(self._inbox)
+
+    @property
+    def running_jobs(self) -> int:
+        """Jobs with a sequence in the batch (a snapshot)."""
+        return len({row.job for batch in list(self._batches) for row in list(batch.rows)})
+
+    @property
+    def cache_tokens(self) -> int:
+        """Token positions the batch's KV caches hold, left padding included: each
+        batch keeps every row as long as its longest (a snapshot)."""
+        return sum(len(batch.rows) * batch.mask.shape[-1] for batch in list(self._batches))
+
     def start(self) -> None:
         self._thread.start()
 

@@ -60,6 +60,9 @@ class InvalidInput(EngineError):
         self.description = description
 
 
+DEFAULT_PRIORITY = 0.5  # a request's priority when it names none (TensorRT-LLM's default)
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: str
@@ -118,6 +121,8 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     skip_special_tokens: bool = True
+    priority: float = DEFAULT_PRIORITY
+    """In [0, 1], higher first: engines that schedule by priority take it."""
     stream_step: int = 1
     """Tokens the consumer groups into one message: an engine that has several ready
     may hand them over in one step (as TensorRT-LLM's ``stream_interval`` does),
@@ -198,6 +203,17 @@ class ModelDescription:
     eos_token_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """The engine's own account of its load (docs/engines.md, "Load")."""
+
+    waiting: int  # requests the engine holds and does not generate for yet
+    running: int  # requests the engine is generating for
+    kv_cache_utilization: float  # fraction 0-1 of its KV-cache blocks in use
+    kv_block_size: int  # tokens per KV-cache block
+    kv_total_blocks: int  # KV-cache blocks in all
+
+
 class Engine(Protocol):
     """An engine behind the servicer: simulated, transformers or TensorRT-LLM."""
 
@@ -222,6 +238,11 @@ class Engine(Protocol):
 
     def in_flight(self) -> int:
         """Requests submitted and not yet finished or aborted."""
+        ...
+
+    def load(self) -> EngineLoad:
+        """The engine's load now, or its latest report of it: cheap, no I/O (it is
+        read on every scrape of /metrics and every GetLoad)."""
         ...
 
     @property

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .base import (
+    EngineLoad,
     FinishReason,
     GenerationRequest,
     InvalidInput,
@@ -56,6 +57,7 @@ _EXOTIC = (
 )
 _PUNCTUATION = (".", ",", ".", "!", "?", ".\n")
 _MAX_CATCH_UP = 64  # most tokens handed over in one step
+KV_BLOCK_SIZE = 16  # tokens per modelled KV-cache block, as vLLM's and TensorRT-LLM's defaults
 # A step that is already due is handed over without a wait, as a real engine's
 # result queue does when it holds one; after this many such steps in a row the
 # handle yields to the event loop anyway, so that a consumer that never waits
@@ -69,8 +71,10 @@ class SimulatorConfig:
     ttft_s: float = 0.0
     itl_s: float = 0.0
     max_context_length: int = 32768
+    kv_blocks: int = 4096
+    """KV-cache blocks of ``KV_BLOCK_SIZE`` tokens it models (for load reports)."""
     max_catch_up: int = _MAX_CATCH_UP
-    """Most overdue tokens one step hands over. 1 models an engine whose result
+    """Most overdue tokens one step hands over (1 to 64). 1 models an engine whose result
     queue holds one response per iteration, read one at a time (the benchmark's
     SSE peer, as trtllm-serve reads it); tokens still fall due on the clock."""
 
@@ -147,6 +151,20 @@ class SimulatedEngine:
     def in_flight(self) -> int:
         return len(self._live)
 
+    def load(self) -> EngineLoad:
+        """A modelled KV pool: each live sequence holds whole blocks for its prompt
+        and its tokens so far, as a paged KV cache does. The simulator has no queue
+        of its own: every submitted request runs at once."""
+        total = self._config.kv_blocks
+        used = sum(handle.kv_blocks() for handle in list(self._live))
+        return EngineLoad(
+            waiting=0,
+            running=len(self._live),
+            kv_cache_utilization=min(used / total, 1.0),
+            kv_block_size=KV_BLOCK_SIZE,
+            kv_total_blocks=total,
+        )
+
     async def close(self) -> None:
         self._closed = True
         for handle in list(self._live):
@@ -202,7 +220,7 @@ class _SimHandle:
         self._request = request
         self._next_due = now + engine._config.ttft_s
         self._itl = engine._config.itl_s
-        self._catch_up = max(engine._config.max_catch_up, 1)
+        self._catch_up = min(max(engine._config.max_catch_up, 1), _MAX_CATCH_UP)
         # As fast as possible, every token is ready at once: hand over as many as the
         # consumer groups per message (bounded), in one step.
         self._step = min(max(request.stream_step, 1), _MAX_CATCH_UP)
@@ -230,6 +248,11 @@ class _SimHandle:
     @property
     def cached_prompt_tokens(self) -> int:
         return 0
+
+    def kv_blocks(self) -> int:
+        """The KV blocks this request holds: its prompt's and each live sequence's own."""
+        prompt = len(self._request.prompt_token_ids)
+        return sum(-(-(prompt + s.count) // KV_BLOCK_SIZE) for s in self._sequences if not s.done)
 
     def __aiter__(self) -> _SimHandle:
         return self

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import inspect
 import logging
 from collections.abc import Sequence
 from types import ModuleType
@@ -78,6 +79,7 @@ class TensorRTLLMEngine:
         self._settings = settings
         self._llm: Any = None
         self._tokenizer: Any = None  # TransformersTokenizer, or None
+        self._takes_priority = False  # whether generate_async has a priority argument
         self._sampling_params: Any = None  # the SamplingParams class
         self.request_error: type[Exception] = _Never  # RequestError, once imported
         self.response_queue: type | None = None  # AsyncQueue, once imported
@@ -155,6 +157,8 @@ class TensorRTLLMEngine:
         self._sampling_params = tensorrt_llm.SamplingParams
         self.request_error = llmapi.RequestError
         self.response_queue = _response_queue_class()
+        # Newer versions take a scheduling priority; older ones have no such argument.
+        self._takes_priority = "priority" in inspect.signature(llm.generate_async).parameters
         self._llm = llm
 
     async def tokenize(self, prompt: PromptInput, add_special_tokens: bool = True) -> list[int]:
@@ -198,11 +202,13 @@ class TensorRTLLMEngine:
             params = self._sampling_params(**trt.sampling_kwargs(request, self._end_id))
         except ValueError as error:
             raise InvalidInput(trt.invalid_field(str(error), "sampling"), str(error)) from error
+        extra: dict[str, Any] = {"priority": request.priority} if self._takes_priority else {}
         try:
             result = llm.generate_async(
                 {"prompt_token_ids": list(request.prompt_token_ids)},
                 sampling_params=params,
                 streaming=True,
+                **extra,
             )
         except self.request_error as error:  # an enqueue failure
             raise RequestFailed(f"TensorRT-LLM refused the request: {error}") from error

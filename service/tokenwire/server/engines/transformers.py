@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ._hf_handle import Event, TransformersHandle, dispatch
 from ._hf_loading import INSTALL_HINT, load
 from .base import (
+    EngineLoad,
     EngineUnavailable,
     GenerationRequest,
     InvalidInput,
@@ -43,6 +44,7 @@ log = logging.getLogger("tokenwire.engine.transformers")
 
 _DEFAULT_BATCH = 16
 _JOIN_TIMEOUT_S = 10.0
+_KV_BLOCK = 16  # tokens per nominal KV block in load reports
 
 
 class TransformersEngine:
@@ -50,6 +52,7 @@ class TransformersEngine:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._max_batch = settings.max_batch_size or _DEFAULT_BATCH
         self._model_dir = Path(settings.model).expanduser()
         self._description = ModelDescription(
             name=self._model_dir.name or settings.model,
@@ -96,7 +99,7 @@ class TransformersEngine:
         self._loop = asyncio.get_running_loop()
         config = SchedulerConfig(
             device=loaded.device,
-            max_batch_size=self._settings.max_batch_size or _DEFAULT_BATCH,
+            max_batch_size=self._max_batch,
             eos_ids=loaded.eos_ids,
             text_vocab=min(loaded.vocab_size, len(loaded.tokenizer)),
         )
@@ -155,6 +158,25 @@ class TransformersEngine:
 
     def in_flight(self) -> int:
         return len(self._live)
+
+    def load(self) -> EngineLoad:
+        """From the worker's batch. A dynamic cache has no fixed pool: the pool
+        reported is the batch's most, ``max_batch_size`` sequences of the whole
+        context, in nominal blocks of 16 tokens, and the blocks used are the
+        positions the batch's caches hold now."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return EngineLoad(0, 0, 0.0, _KV_BLOCK, 0)
+        capacity = self._max_batch * self._description.max_context_length
+        total = -(-capacity // _KV_BLOCK)
+        used = -(-scheduler.cache_tokens // _KV_BLOCK)
+        return EngineLoad(
+            waiting=scheduler.waiting_jobs,
+            running=scheduler.running_jobs,
+            kv_cache_utilization=min(used / total, 1.0) if total else 0.0,
+            kv_block_size=_KV_BLOCK,
+            kv_total_blocks=total,
+        )
 
     @property
     def running_sequences(self) -> int:

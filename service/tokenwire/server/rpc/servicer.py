@@ -1,4 +1,4 @@
-"""GenerationService: the four RPCs, a few lines each on top of ``core.lifecycle``.
+"""GenerationService: its RPCs, a few lines each on top of ``core.lifecycle``.
 
 This door's own part is the gRPC ending of a call: the status code and its
 details (``status.py``), the usage receipt in trailing metadata, and
@@ -49,11 +49,14 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                     yield call
                 except asyncio.CancelledError as cancel:
                     cause = core.ending(call, cancel)
-                    if not isinstance(cause, errors.ReaderStalled | errors.EngineStalled):
+                    if not isinstance(
+                        cause, errors.ReaderStalled | errors.EngineStalled | errors.Aborted
+                    ):
                         code = code_of(cause)
                         context.set_trailing_metadata(messages.receipt(call.progress))
                         raise
-                    # Our own watchdog cancelled the call: end it with a status instead.
+                    # The server itself cancelled the call (its watchdog, or an Abort
+                    # by id): the client still waits, so end it with a status instead.
                     task = asyncio.current_task()
                     if task is not None:
                         task.uncancel()
@@ -124,6 +127,18 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     ) -> pb.ModelInfo:
         async with self.rpc("GetModelInfo", context):
             return messages.model_info(self.core.engine.description, self.core.limits)
+
+    async def GetLoad(  # noqa: N802
+        self, request: pb.GetLoadRequest, context: Context
+    ) -> pb.Load:
+        async with self.rpc("GetLoad", context):
+            return messages.load(self.core.engine.load(), self.core.admission.queue_depth)
+
+    async def Abort(  # noqa: N802
+        self, request: pb.AbortRequest, context: Context
+    ) -> pb.AbortResponse:
+        async with self.rpc("Abort", context):
+            return pb.AbortResponse(aborted=self.core.abort(request.request_ids))
 
     async def Tokenize(  # noqa: N802
         self, request: pb.TokenizeRequest, context: Context

@@ -140,6 +140,7 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
         if token < 0:
             raise InvalidArgument(f"stop_token_ids[{i}]", "must not be negative")
         st.stop_token_ids.append(token)
+    _set_float(body, "priority", req)
     _set_bool(body, "ignore_eos", st, "ignore_eos")
     _set_bool(body, "include_stop_str_in_output", st, "include_stop_in_output")
     _set_bool(body, "skip_special_tokens", out, "skip_special_tokens")
@@ -302,7 +303,9 @@ def _bool(obj: dict[str, Any], key: str, where: str | None = None) -> bool | Non
     return value
 
 
-def _set_float(body: dict[str, Any], key: str, target: pb.SamplingParams) -> None:
+def _set_float(
+    body: dict[str, Any], key: str, target: pb.SamplingParams | pb.GenerateRequest
+) -> None:
     value = body.get(key)
     if value is None:
         return

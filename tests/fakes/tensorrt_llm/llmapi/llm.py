@@ -100,8 +100,15 @@ class BaseLLM:
         _postproc_params: object | None = None,
         scheduling_params: object | None = None,
         cache_salt: str | None = None,
+        priority: float = 0.5,
     ) -> RequestOutput:
-        """Enqueue one request and return its handle at once (not a coroutine)."""
+        """Enqueue one request and return its handle at once (not a coroutine).
+
+        ``priority`` as newer versions take it: [0, 1], higher first, ValueError
+        outside (``executor/request.py``)."""
+        if not 0.0 <= priority <= 1.0:
+            raise ValueError(f"priority must be in [0, 1], got {priority}")
+        _fake.priorities.append(priority)
         executor = self._executor
         if executor is None or executor.is_shutdown():
             raise RuntimeError("LLM is shutting down")
