@@ -147,3 +147,13 @@ def test_version(capsys):
         flags.parse(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"tokenwire-server {version('tokenwire')}"
+
+
+def test_lora_adapters_repeat_on_the_command_line_or_separate_by_commas(monkeypatch):
+    monkeypatch.setenv("TOKENWIRE_LORA", "sql=/a/sql, chat=/a/chat")
+    assert flags.parse([]).lora_adapters() == {"sql": "/a/sql", "chat": "/a/chat"}
+    given = flags.parse(["--lora", "x=/a/x", "--lora", "y=/a/y"])  # the flag wins
+    assert given.lora_adapters() == {"x": "/a/x", "y": "/a/y"}
+    for bad in (["--lora", "x"], ["--lora", "x=/a", "--lora", "x=/b"], ["--lora", "=/a"]):
+        with pytest.raises(BadSettings, match=r"--lora \(TOKENWIRE_LORA\)"):
+            flags.parse(bad)

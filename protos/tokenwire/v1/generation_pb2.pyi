@@ -263,20 +263,22 @@ class Load(_message.Message):
     def __init__(self, num_requests_waiting: _Optional[int] = ..., num_requests_running: _Optional[int] = ..., kv_cache_utilization: _Optional[float] = ..., kv_block_size: _Optional[int] = ..., kv_total_blocks: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "engine", "max_context_length", "vocab_size", "limits", "eos_token_id")
+    __slots__ = ("model", "engine", "max_context_length", "vocab_size", "limits", "eos_token_id", "adapters")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     model: str
     engine: str
     max_context_length: int
     vocab_size: int
     limits: Limits
     eos_token_id: int
-    def __init__(self, model: _Optional[str] = ..., engine: _Optional[str] = ..., max_context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., eos_token_id: _Optional[int] = ...) -> None: ...
+    adapters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., engine: _Optional[str] = ..., max_context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., eos_token_id: _Optional[int] = ..., adapters: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_tokens", "default_max_tokens", "max_prompt_tokens", "max_n", "max_stop_strings", "max_stop_string_length", "max_top_logprobs", "max_concurrent_requests")

@@ -141,6 +141,7 @@ class Server:
             in_flight=self.engine.in_flight,
             queue_depth=lambda: self.admission.queue_depth,
             load=self.engine.load,
+            max_lora=len(settings.lora_adapters()),
         )
         self.watchdog = Watchdog(settings.stall_timeout_s, settings.engine_stall_timeout_s)
         self.tracing = Tracing(model.name, model.engine, settings.otlp_endpoint)

@@ -51,6 +51,7 @@ _METAVARS = {
     "metrics_host": "HOST",
     "api_key": "KEY",
     "kv_cache_memory_fraction": "FRACTION",
+    "lora": "NAME=PATH",
     "max_message_bytes": "BYTES",
     "otlp_endpoint": "URL",
 }
@@ -62,8 +63,12 @@ def parse(argv: Sequence[str]) -> Settings:
     given, extra = parser.parse_known_args(list(argv))
     if extra:
         raise BadSettings(*_unexpected(list(argv), extra))
+    values = vars(given)
+    for name, value in values.items():
+        if isinstance(value, list):  # a repeatable flag: one comma-separated value
+            values[name] = ",".join(value)
     try:
-        return Settings(**vars(given))
+        return Settings(**values)
     except ValidationError as error:
         raise BadSettings(*describe(error)) from None
 
@@ -92,9 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
             )
+        elif _repeatable(field):
+            group.add_argument(
+                flag, dest=name, action="append", metavar=_metavar(name, field), help=help_text
+            )
         else:
             group.add_argument(flag, dest=name, metavar=_metavar(name, field), help=help_text)
     return parser
+
+
+def _repeatable(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("repeatable") is True
 
 
 class _Parser(argparse.ArgumentParser):

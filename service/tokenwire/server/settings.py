@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     tokenizer: str | None = Field(
         None, description="Tokenizer path or name, when not the model's own."
     )
+    lora: str = Field(
+        "",
+        description="LoRA adapters to serve, NAME=PATH: repeat the flag, or separate them "
+        "with commas; a request picks one by naming it as its model.",
+        json_schema_extra={"repeatable": True},
+    )
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code.")
     dtype: str = Field("auto", description="Weights and activations dtype (auto, float16, ...).")
     device: str = Field("auto", description="transformers engine: auto, cpu, cuda or cuda:N.")
@@ -181,4 +187,21 @@ class Settings(BaseSettings):
             raise ValueError(f"{option('tls_cert')} and {option('tls_key')} go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError(f"{option('tls_client_ca')} needs --tls-cert and --tls-key")
+        self.lora_adapters()  # refuses a malformed list now, not at the first request
         return self
+
+    def lora_adapters(self) -> dict[str, str]:
+        """The ``lora`` adapters, name to path, in the order given."""
+        adapters: dict[str, str] = {}
+        for item in (part.strip() for part in self.lora.split(",")):
+            if not item:
+                continue
+            name, sep, path = (s.strip() for s in item.partition("="))
+            if not sep or not name or not path:
+                raise ValueError(f"{option('lora')}: each adapter is NAME=PATH")
+            if name in adapters or name == self.model:
+                raise ValueError(
+                    f"{option('lora')}: adapter names must be unique and differ from the model's"
+                )
+            adapters[name] = path
+        return adapters

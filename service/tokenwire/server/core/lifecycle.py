@@ -205,6 +205,7 @@ class Core:
         progress = call.progress = Progress(started, plan.template.sampling.n)
         watched = call.watched = self._watchdog.watch(plan.request_id)
         handle: GenerationHandle | None = None
+        adapters, adapter = self.metrics.adapters, plan.template.adapter
         admitted_at: float | None = None
         error: BaseException | None = None
         try:
@@ -217,11 +218,16 @@ class Core:
                 sizes.refuse_unfit(request_, whole_limit)
             operation = "chat" if plan.input_field == "messages" else "text_completion"
             self.tracing.request(call.span, request_, operation)
-            progress.queue_s = await self.admission.acquire(
-                call.time_remaining(), request_.priority
-            )
+            adapters.enter(adapters.waiting, adapter)
+            try:
+                progress.queue_s = await self.admission.acquire(
+                    call.time_remaining(), request_.priority
+                )
+            finally:
+                adapters.leave(adapters.waiting, adapter)
             admitted_at = time.perf_counter()
             handle = engine.submit(request_)
+            adapters.enter(adapters.running, adapter)
             yield Generation(plan, handle, progress, watched)
         except BaseException as caught:
             error = caught
@@ -241,6 +247,7 @@ class Core:
                     None if first is None else first - admitted_at,
                 )
             if handle is not None:
+                adapters.leave(adapters.running, adapter)
                 self.metrics.generation_done(
                     progress.prompt_tokens,
                     progress.completion_tokens,

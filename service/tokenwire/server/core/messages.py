@@ -218,6 +218,7 @@ def model_info(model: ModelDescription, limits: Limits) -> pb.ModelInfo:
         max_context_length=model.max_context_length,
         vocab_size=model.vocab_size,
         eos_token_id=model.eos_token_id,
+        adapters=model.adapters,
         limits=pb.Limits(
             max_tokens=max_tokens,
             default_max_tokens=min(limits.default_max_tokens, max_tokens),

@@ -111,10 +111,14 @@ class RequestPlan:
 
 def plan_request(req: pb.GenerateRequest, model: ModelDescription, limits: Limits) -> RequestPlan:
     """Validate a GenerateRequest; raise InvalidArgument / ModelNotFound."""
+    adapter: str | None = None
     if req.model and req.model != model.name:
-        raise ModelNotFound(
-            f"model {req.model!r} is not served here; this server serves {model.name!r}"
-        )
+        if req.model not in model.adapters:
+            served = ", ".join(repr(name) for name in (model.name, *model.adapters))
+            raise ModelNotFound(
+                f"model {req.model!r} is not served here; this server serves {served}"
+            )
+        adapter = req.model
     request_id = req.request_id or uuid.uuid4().hex
     if len(request_id) > MAX_REQUEST_ID_LENGTH or not request_id.isprintable():
         raise InvalidArgument(
@@ -202,6 +206,7 @@ def plan_request(req: pb.GenerateRequest, model: ModelDescription, limits: Limit
     template = GenerationRequest(
         request_id=request_id,
         priority=priority,
+        adapter=adapter,
         prompt_token_ids=(),
         max_tokens=0,
         sampling=sampling,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -119,6 +120,36 @@ class _Histograms(Collector):
         return self.collect()
 
 
+class AdapterUse:
+    """Which LoRA adapters have requests running, and waiting for a slot: what
+    ``tokenwire_lora_requests_info`` reports (llm-d's LoRA-affinity scorer reads it)."""
+
+    def __init__(self, max_lora: int) -> None:
+        self.max_lora = max_lora
+        self.running: Counter[str] = Counter()
+        self.waiting: Counter[str] = Counter()
+        self.updated = time.time()  # the metric's value: when the sets last changed
+
+    def enter(self, use: Counter[str], adapter: str | None) -> None:
+        if adapter is not None:
+            use[adapter] += 1
+            self.updated = time.time()
+
+    def leave(self, use: Counter[str], adapter: str | None) -> None:
+        if adapter is not None:
+            use[adapter] -= 1
+            if use[adapter] <= 0:
+                del use[adapter]
+            self.updated = time.time()
+
+    def labels(self) -> dict[str, str]:
+        return {
+            "max_lora": str(self.max_lora),
+            "running_lora_adapters": ",".join(sorted(self.running)),
+            "waiting_lora_adapters": ",".join(sorted(self.waiting)),
+        }
+
+
 class Metrics:
     """The server's instruments. Their names and labels are a public contract:
     dashboards and alerts rely on them (docs/operations.md, "Metrics")."""
@@ -130,6 +161,7 @@ class Metrics:
         in_flight: Callable[[], int],
         queue_depth: Callable[[], int],
         load: Callable[[], EngineLoad],
+        max_lora: int = 0,
     ) -> None:
         self.registry = CollectorRegistry()
         reader = PrometheusMetricReader(
@@ -233,6 +265,13 @@ class Metrics:
             labels["num_gpu_blocks"] = str(now.kv_total_blocks)
             return [(1, labels)]
 
+        self.adapters = AdapterUse(max_lora)
+        meter.create_observable_gauge(
+            "tokenwire_lora_requests_info",
+            callbacks=[observe(lambda: [(self.adapters.updated, self.adapters.labels())])],
+            description="LoRA adapters with requests running and waiting (labels, "
+            "comma-separated); the value is when they last changed, in Unix seconds",
+        )
         meter.create_observable_gauge(
             "tokenwire_cache_config_info",
             callbacks=[observe(cache_config)],

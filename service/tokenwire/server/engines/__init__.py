@@ -24,6 +24,7 @@ def create_engine(settings: Settings) -> Engine:
                 itl_s=settings.sim_itl_ms / 1000.0,
                 max_context_length=settings.sim_max_context,
                 kv_blocks=settings.sim_kv_blocks,
+                adapters=tuple(settings.lora_adapters()),
             )
         )
     if settings.engine == "transformers":

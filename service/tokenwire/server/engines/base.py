@@ -123,6 +123,9 @@ class GenerationRequest:
     skip_special_tokens: bool = True
     priority: float = DEFAULT_PRIORITY
     """In [0, 1], higher first: engines that schedule by priority take it."""
+    adapter: str | None = None
+    """The LoRA adapter to generate with, by name (one of ``ModelDescription.adapters``),
+    or None for the base model."""
     stream_step: int = 1
     """Tokens the consumer groups into one message: an engine that has several ready
     may hand them over in one step (as TensorRT-LLM's ``stream_interval`` does),
@@ -201,6 +204,7 @@ class ModelDescription:
     max_context_length: int
     vocab_size: int
     eos_token_id: int
+    adapters: tuple[str, ...] = ()  # LoRA adapters served, by name (a request's model)
 
 
 @dataclass(frozen=True, slots=True)

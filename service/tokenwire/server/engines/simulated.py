@@ -71,6 +71,8 @@ class SimulatorConfig:
     ttft_s: float = 0.0
     itl_s: float = 0.0
     max_context_length: int = 32768
+    adapters: tuple[str, ...] = ()
+    """LoRA adapter names it accepts: each one's output differs from the base model's."""
     kv_blocks: int = 4096
     """KV-cache blocks of ``KV_BLOCK_SIZE`` tokens it models (for load reports)."""
     max_catch_up: int = _MAX_CATCH_UP
@@ -110,6 +112,7 @@ class SimulatedEngine:
             max_context_length=config.max_context_length,
             vocab_size=self._tokenizer.vocab_size,
             eos_token_id=EOS_ID,
+            adapters=config.adapters,
         )
 
     @property
@@ -229,6 +232,8 @@ class _SimHandle:
         prompt = _prompt_key(request.prompt_token_ids)
         seed = request.sampling.seed
         base = prompt if seed is None else (seed + 1) << 32 | prompt
+        if request.adapter is not None:  # an adapter "fine-tunes" the model: other text
+            base ^= zlib.crc32(request.adapter.encode()) << 16
         self._sequences = [
             _Sequence(i, base * 1_000_003 + i, request) for i in range(request.sampling.n)
         ]

@@ -116,7 +116,8 @@ class HttpDoor:
             # A whole answer is built in memory: bound it as gRPC's Complete is.
             limit = None if parsed.stream else self._body_limit
             async with self._core.generation(parsed.request, call, whole_limit=limit) as gen:
-                model = self._core.engine.description.name
+                # The model the client asked for: an adapter answers under its own name.
+                model = gen.plan.template.adapter or self._core.engine.description.name
                 answer = Answer(parsed, state.request_id, model, len(gen.progress.counts))
                 if parsed.stream:
                     await self._sse(s, gen, parsed, answer, state)
@@ -265,18 +266,19 @@ class HttpDoor:
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> int:
         model = self._core.engine.description
-        body = {
-            "object": "list",
-            "data": [
-                {
-                    "id": model.name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "tokenwire",
-                    "max_model_len": model.max_context_length,
-                }
-            ],
+        base = {
+            "id": model.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "tokenwire",
+            "max_model_len": model.max_context_length,
         }
+        # Adapters as vLLM lists them: their own id, the base model as root and parent.
+        adapters = [
+            {**base, "id": name, "root": model.name, "parent": model.name}
+            for name in model.adapters
+        ]
+        body = {"object": "list", "data": [base, *adapters]}
         await asgi.send_bytes(send, 200, orjson.dumps(body))
         return 200
 
