@@ -11,7 +11,10 @@ For the chart's defaults and every ``helm/tokenwire/ci/*-values.yaml``:
    TOKENWIRE_* variable pointing at them, GPU limits, only documented settings,
    the HTTP front door's port on the container, the Services and the
    NetworkPolicy exactly when ``http.enabled`` (and ``TOKENWIRE_HTTP=false``
-   when not), and install notes that stream from each door.
+   when not), install notes that stream from each door, the pod label llm-d's
+   router reads, and an InferencePool (a custom resource: its shape is checked
+   here) that selects the server pods on the door it names, matching the router
+   values of helm/tokenwire/examples/llmd-router-values.yaml.
 
 Then one checkov scan over all the renders (skips justified in
 ``helm/.checkov.yaml``), and values the chart must refuse are refused.
@@ -36,9 +39,16 @@ CHART = ROOT / "helm" / "tokenwire"
 OUT = ROOT / "build" / "helm-check"
 KUBE_VERSION = "1.30.0"
 RELEASE, NAMESPACE = "tw", "inference"
-# Custom resources the Kubernetes schemas do not know, and their required shape.
-CRD_FIELDS = {"ServiceMonitor": ("spec.selector", "spec.endpoints")}
+# Custom resources the Kubernetes schemas do not know, and their required shape
+# (the InferencePool's in full in check_inference_pool).
+CRD_FIELDS = {
+    "ServiceMonitor": ("spec.selector", "spec.endpoints"),
+    "InferencePool": ("spec.selector.matchLabels", "spec.targetPorts", "spec.endpointPickerRef"),
+}
 GRPC_SERVICE = "tokenwire.v1.GenerationService"
+# llm-d's router finds a pod's engineConfigs entry by this label.
+ENGINE_LABEL = "llm-d.ai/engine-type"
+ROUTER_VALUES = CHART / "examples" / "llmd-router-values.yaml"
 
 Manifest = dict[str, Any]
 
@@ -92,6 +102,10 @@ def check_notes(name: str, v: dict[str, Any], notes: str) -> None:
     """The install notes walk through each open door with the flags the values need."""
     walkthrough = ("port-forward", "Health/Check", "GenerationService/Generate")
     check(all(w in notes for w in walkthrough), f"{name}: NOTES.txt lacks the grpcurl steps")
+    check(
+        ("InferencePool" in notes) == v["inferencePool"]["enabled"],
+        f"{name}: NOTES.txt speaks of the InferencePool exactly when there is one",
+    )
     chat = "/v1/chat/completions"
     if not v["http"]["enabled"]:
         check(chat not in notes, f"{name}: NOTES.txt shows an HTTP door that is off")
@@ -142,6 +156,87 @@ def one(manifests: list[Manifest], kind: str, component: str = "server") -> Mani
 
 def documented_flags() -> set[str]:
     return set(re.findall(r"`--([a-z0-9-]+)`", (ROOT / "docs" / "operations.md").read_text()))
+
+
+def documented_metrics() -> set[str]:
+    """The names in the first column of docs/operations.md's metrics table."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    return set(re.findall(r"^\| `(tokenwire_[a-z_]+)` \|", text, re.MULTILINE))
+
+
+def check_inference_pool(name: str, v: dict[str, Any], manifests: list[Manifest]) -> None:
+    """The pool has the v1 API's shape, selects exactly the server pods, targets the
+    container port of the door it names, and refers to the endpoint picker."""
+    deployment = one(manifests, "Deployment")
+    template = deployment["spec"]["template"]
+    pod_labels = template["metadata"]["labels"]
+    engine = v["podLabels"].get(ENGINE_LABEL, "tokenwire")
+    check(pod_labels.get(ENGINE_LABEL) == engine, f"{name}: pods lack {ENGINE_LABEL}: {engine}")
+    pools = [m for m in manifests if m["kind"] == "InferencePool"]
+    check(len(pools) == int(v["inferencePool"]["enabled"]), f"{name}: InferencePool")
+    if not pools:
+        return
+    pool, spec, want = pools[0], pools[0]["spec"], v["inferencePool"]
+    title = f"{name}: InferencePool"
+    check(pool["apiVersion"] == "inference.networking.k8s.io/v1", f"{title}: apiVersion")
+    check(set(spec) <= {"selector", "targetPorts", "appProtocol", "endpointPickerRef"}, title)
+    selector = spec["selector"]
+    check(set(selector) == {"matchLabels"}, f"{title}: the selector is matchLabels only")
+    labels = selector["matchLabels"]
+    check(
+        labels == deployment["spec"]["selector"]["matchLabels"],
+        f"{title}: selector {labels} is not the Deployment's",
+    )
+    check(labels.items() <= pod_labels.items(), f"{title}: selects no server pod")
+    for other in (m for m in manifests if m["kind"] == "Pod"):
+        selected = labels.items() <= other["metadata"]["labels"].items()
+        check(not selected, f"{title}: selects pod {other['metadata']['name']}")
+    server = next(c for c in template["spec"]["containers"] if c["name"] == "server")
+    door = want["targetPort"]
+    port = next((p["containerPort"] for p in server["ports"] if p["name"] == door), None)
+    check(port is not None, f"{title}: the container has no {door} port")
+    check(spec["targetPorts"] == [{"number": port}], f"{title}: targetPorts {spec['targetPorts']}")
+    # The API's values: "http" (its default, left out) and "kubernetes.io/h2c".
+    protocol = {"http": None, "grpc": "kubernetes.io/h2c"}[door]
+    check(spec.get("appProtocol") == protocol, f"{title}: appProtocol for {door}")
+    ref, asked = spec["endpointPickerRef"], want["endpointPickerRef"]
+    check(ref["name"] == asked["name"], f"{title}: endpointPickerRef.name")
+    expected: dict[str, Any] = {"name": asked["name"]}
+    for key in ("kind", "group", "failureMode"):
+        if asked[key]:
+            expected[key] = asked[key]
+    if asked.get("port") is not None:
+        expected["port"] = {"number": asked["port"]}
+    check(ref == expected, f"{title}: endpointPickerRef {ref}, expected {expected}")
+    check(ref.get("failureMode", "FailClose") in {"FailOpen", "FailClose"}, f"{title}: failureMode")
+    check(
+        "port" in ref or ref.get("kind", "Service") != "Service",
+        f"{title}: a Service endpoint picker needs a port",
+    )
+
+
+def check_llmd(name: str, manifests: list[Manifest]) -> None:
+    """docs/deploy.md's llm-d setup: the router values fit this pool (llm-d's EPP finds
+    the same pods on the same port, its engineConfigs entry is named by the pods'
+    label), and the HPA scales on requests waiting."""
+    hpa = next(m for m in manifests if m["kind"] == "HorizontalPodAutoscaler")
+    metrics = [dig(m, "pods.metric.name") for m in hpa["spec"]["metrics"]]
+    check(metrics == ["tokenwire_num_requests_waiting"], f"{name}: the HPA scales on {metrics}")
+    pool = next(m for m in manifests if m["kind"] == "InferencePool")
+    deployment = one(manifests, "Deployment")
+    engine = deployment["spec"]["template"]["metadata"]["labels"][ENGINE_LABEL]
+    router = helm.values_from_yaml(ROUTER_VALUES.read_text())["router"]
+    title = f"{name}: {ROUTER_VALUES.relative_to(ROOT)}"
+    check(router["inferencePool"]["create"] is False, f"{title}: the chart makes the pool")
+    servers = router["modelServers"]
+    selector = pool["spec"]["selector"]["matchLabels"]
+    check(servers["matchLabels"] == selector, f"{title}: matchLabels are not the pool's")
+    check(servers["targetPorts"] == pool["spec"]["targetPorts"], f"{title}: targetPorts")
+    files = router["epp"]["pluginsCustomConfig"]
+    config = helm.values_from_yaml(files[router["epp"]["pluginsConfigFile"]])
+    extractor = next(p for p in config["plugins"] if p["type"] == "core-metrics-extractor")
+    names = [e["name"] for e in extractor["parameters"]["engineConfigs"]]
+    check(engine in names, f"{title}: no engineConfigs entry for engine type {engine}")
 
 
 def check_properties(name: str, v: dict[str, Any], manifests: list[Manifest]) -> None:
@@ -276,7 +371,7 @@ def check_properties(name: str, v: dict[str, Any], manifests: list[Manifest]) ->
             check("http" not in names, f"{name}: {svc['metadata']['name']} has http, http off")
         check(all("http" not in ps for ps in policy_ports), f"{name}: NetworkPolicy http port")
 
-    # Autoscaling replaces the replica count.
+    # Autoscaling replaces the replica count; the queue metric is one tokenwire exports.
     hpas = [m for m in manifests if m["kind"] == "HorizontalPodAutoscaler"]
     check(len(hpas) == int(v["autoscaling"]["enabled"]), f"{name}: HPA")
     if hpas:
@@ -284,6 +379,12 @@ def check_properties(name: str, v: dict[str, Any], manifests: list[Manifest]) ->
         metrics = [dig(m, "pods.metric.name") for m in hpas[0]["spec"]["metrics"]]
         queue = v["autoscaling"]["queueDepth"]
         check((queue["metricName"] in metrics) == queue["enabled"], f"{name}: queue metric")
+        check(
+            not queue["enabled"] or queue["metricName"] in documented_metrics(),
+            f"{name}: the HPA scales on {queue['metricName']}, not a metric in docs/operations.md",
+        )
+
+    check_inference_pool(name, v, manifests)
 
     # helm test: a hook pod with pinned images, never selected as a server.
     if v["tests"]["enabled"]:
@@ -307,6 +408,35 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("HTTP on the gRPC port", {"http": {"port": 50051}}, "http.port must differ"),
     ("HTTP on the metrics port", {"http": {"port": 9464}}, "http.port must differ"),
     ("HTTP port out of range", {"http": {"port": 0}}, "/http/port"),
+    (
+        "an InferencePool without an endpoint picker",
+        {"inferencePool": {"enabled": True}},
+        "inferencePool.endpointPickerRef.name",
+    ),
+    (
+        "an InferencePool on the HTTP door with the door off",
+        {
+            "inferencePool": {"enabled": True, "endpointPickerRef": {"name": "epp"}},
+            "http": {"enabled": False},
+        },
+        "inferencePool.targetPort http needs http.enabled",
+    ),
+    (
+        "an endpoint picker Service without a port",
+        {"inferencePool": {"enabled": True, "endpointPickerRef": {"name": "epp", "port": None}}},
+        "inferencePool.endpointPickerRef.port",
+    ),
+    (
+        "an InferencePool on the metrics port",
+        {"inferencePool": {"targetPort": "metrics"}},
+        "/inferencePool/targetPort",
+    ),
+    (
+        "a failure mode the API does not have",
+        {"inferencePool": {"endpointPickerRef": {"failureMode": "FailClosed"}}},
+        "/inferencePool/endpointPickerRef/failureMode",
+    ),
+    ("an unknown InferencePool key", {"inferencePool": {"port": 8000}}, "'port' not allowed"),
     (
         "mutual TLS test without a client certificate",
         {"tls": {"enabled": True, "secretName": "s", "clientCASecretName": "ca"}},
@@ -391,6 +521,8 @@ def main() -> None:
             merged = chart.merge_values(values)
             check_properties(name, merged, manifests)
             check_notes(name, merged, notes)
+            if name == "llmd":
+                check_llmd(name, manifests)
             print(f"helm-check: {name}: lint, {len(manifests)} manifests valid, properties hold")
         check_refusals(chart)
         check_images(chart.values)

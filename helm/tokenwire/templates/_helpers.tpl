@@ -172,6 +172,18 @@ Combinations of values the schema cannot rule out; rendering fails with a reason
 {{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
 {{- end }}
+{{- $pool := .Values.inferencePool }}
+{{- if $pool.enabled }}
+{{- if not $pool.endpointPickerRef.name }}
+{{- fail "inferencePool.enabled needs inferencePool.endpointPickerRef.name (the endpoint picker's Service, e.g. <router release>-epp)" }}
+{{- end }}
+{{- if and (eq $pool.targetPort "http") (not .Values.http.enabled) }}
+{{- fail "inferencePool.targetPort http needs http.enabled: the pool would send requests to a door that is off (or set inferencePool.targetPort grpc)" }}
+{{- end }}
+{{- if and (kindIs "invalid" $pool.endpointPickerRef.port) (eq (default "Service" $pool.endpointPickerRef.kind) "Service") }}
+{{- fail "inferencePool.endpointPickerRef.port is required when the endpoint picker is a Service" }}
+{{- end }}
+{{- end }}
 {{- if and (include "tokenwire.guarded" .) (eq (int .Values.server.healthPort) (int .Values.server.port)) }}
 {{- fail "server.healthPort must differ from server.port" }}
 {{- end }}
