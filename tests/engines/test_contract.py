@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from ..helpers import async_wait_for, sample
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 ENGINES = ["simulated", "transformers", "tensorrt-llm"]
+ADAPTER = "tuned"  # the LoRA adapter every engine serves beside its model
 
 
 @dataclass
@@ -48,6 +50,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("contract") / "tiny-llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter for the tiny model, with non-zero weights (PEFT's save_pretrained)."""
+    pytest.importorskip("peft")
+    from .tiny_model import build_tiny_adapter
+
+    return build_tiny_adapter(tiny_model, tmp_path_factory.mktemp("contract") / "tuned")
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter directory as far as the simulator and the fake TensorRT-LLM read it."""
+    path = tmp_path_factory.mktemp("tuned-config")
+    config = {"peft_type": "LORA", "r": 4, "target_modules": ["q_proj", "v_proj"]}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return path
+
+
 def _forget_fake() -> None:
     for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
         del sys.modules[name]
@@ -62,10 +82,12 @@ async def served(
     # The simulator's tokenizer, which the fake TensorRT-LLM shares.
     decode: Callable[[list[int], bool], str] = SimTokenizer().decode
     if kind == "simulated":
-        settings = Settings(sim_ttft_ms=1, sim_itl_ms=2, **base)
+        lora = f"{ADAPTER}={request.getfixturevalue('adapter_dir')}"
+        settings = Settings(sim_ttft_ms=1, sim_itl_ms=2, lora=lora, **base)
     elif kind == "transformers":
         model = request.getfixturevalue("tiny_model")
-        settings = Settings(engine="transformers", model=str(model), **base)
+        lora = f"{ADAPTER}={request.getfixturevalue('tiny_adapter')}"
+        settings = Settings(engine="transformers", model=str(model), lora=lora, **base)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
@@ -79,7 +101,8 @@ async def served(
         monkeypatch.syspath_prepend(str(FAKES))
         fake: Any = importlib.import_module("tensorrt_llm._fake")
         fake.step_s = 0.002
-        settings = Settings(engine="tensorrt-llm", model="fake-model", **base)
+        lora = f"{ADAPTER}={request.getfixturevalue('adapter_dir')}"
+        settings = Settings(engine="tensorrt-llm", model="fake-model", lora=lora, **base)
     server = Server(settings)
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
@@ -305,3 +328,25 @@ async def test_the_engine_reports_its_load(served: Served) -> None:
 
     await async_wait_for(back_to_idle, within=10)
     assert served.metric("tokenwire_kv_cache_utilization") == 0
+
+
+async def test_a_request_naming_an_adapter_gets_its_text(served: Served) -> None:
+    """A LoRA adapter is served by name (a request's model), listed in GetModelInfo, and
+    changes the text: the same prompt and seed read otherwise than on the base model."""
+    assert list(served.info.adapters) == [ADAPTER]
+
+    async def text(model: str) -> str:
+        req = gen(max_tokens=16, model=model)
+        streamed = "".join(m.text for m in await stream(served, req))
+        assert (await served.stub.Complete(req)).choices[0].text == streamed
+        return streamed
+
+    base = await text("")
+    assert await text(served.info.model) == base  # naming the model itself: the base model
+    tuned = await text(ADAPTER)
+    assert tuned and tuned != base
+    assert await text(ADAPTER) == tuned
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await served.stub.Complete(gen(model="not-served"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert served.server.engine.in_flight() == 0

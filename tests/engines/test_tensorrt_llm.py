@@ -843,6 +843,154 @@ async def test_logprobs_on_engines_built_without_logits_are_invalid(make_engine)
     assert error.value.field_path == "output.logprobs"
 
 
+# --- LoRA adapters -----------------------------------------------------------------------
+
+
+def write_adapter(path: Path, r: int = 4, targets: Any = ("q_proj", "v_proj"), **more: Any) -> Path:
+    """A Hugging Face (PEFT) LoRA adapter directory, as far as TensorRT-LLM reads it."""
+    path.mkdir(parents=True, exist_ok=True)
+    targets = list(targets) if isinstance(targets, tuple) else targets
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": targets, **more}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    (path / "adapter_model.safetensors").write_bytes(b"")
+    return path
+
+
+@pytest.fixture
+def adapters(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "sql": write_adapter(tmp_path / "sql", r=8, targets=("q_proj", "v_proj")),
+        "chat": write_adapter(
+            tmp_path / "chat", r=16, targets=("model.layers.0.self_attn.k_proj", "down_proj")
+        ),
+    }
+
+
+def lora_flag(adapters: dict[str, Path]) -> str:
+    return ",".join(f"{name}={path}" for name, path in adapters.items())
+
+
+async def test_adapters_get_lora_settings_and_stable_ids(trtllm, make_engine, adapters):
+    engine = await make_engine(lora=lora_flag(adapters))
+    assert engine.description.adapters == ("sql", "chat")
+    llm = trtllm._fake.llms[-1]
+    assert "enable_lora" not in llm.args.values  # the PyTorch backend ignores it
+    config = llm.args.lora_config
+    assert isinstance(config, importlib.import_module("tensorrt_llm.lora_helper").LoraConfig)
+    # Several adapters: no lora_dir (the PyTorch executor reads one only), their modules.
+    assert config.lora_dir == []
+    assert config.lora_target_modules == ["attn_k", "attn_q", "attn_v", "mlp_4h_to_h"]
+    assert (config.max_lora_rank, config.max_loras, config.max_cpu_loras) == (16, 2, 2)
+
+    base = await run(engine, max_tokens=24, ignore_eos=True)
+    assert trtllm._fake.lora_requests == []  # the base model: no lora_request at all
+    sql = await run(engine, max_tokens=24, ignore_eos=True, adapter="sql")
+    chat = await run(engine, max_tokens=24, ignore_eos=True, adapter="chat")
+    again = await run(engine, max_tokens=24, ignore_eos=True, adapter="sql")
+    assert len({text(base), text(sql), text(chat)}) == 3
+    assert text(again) == text(sql)
+    first, second, third = trtllm._fake.lora_requests
+    assert (first.lora_name, first.lora_int_id, first.lora_path) == (
+        "sql",
+        1,
+        str(adapters["sql"].resolve()),
+    )
+    assert (second.lora_name, second.lora_int_id) == ("chat", 2)
+    assert third is first  # one LoRARequest per adapter, made at start
+
+
+async def test_one_adapter_goes_in_lora_dir(trtllm, make_engine, adapters):
+    await make_engine(lora=f"sql={adapters['sql']}")
+    config = trtllm._fake.llms[-1].args.lora_config
+    assert config.lora_dir == [str(adapters["sql"].resolve())]
+    assert config.lora_target_modules == ["attn_q", "attn_v"]  # read there by TensorRT-LLM
+    assert (config.max_lora_rank, config.max_loras, config.max_cpu_loras) == (8, 1, 1)
+
+
+async def test_adapters_of_a_pattern_leave_the_modules_to_tensorrt_llm(
+    trtllm, make_engine, adapters, tmp_path
+):
+    wide = write_adapter(tmp_path / "wide", r=4, targets="all-linear")
+    await make_engine(lora=f"sql={adapters['sql']},wide={wide}")
+    config = trtllm._fake.llms[-1].args.lora_config
+    # None given: TensorRT-LLM reserves room for every module it knows.
+    defaults = importlib.import_module("tensorrt_llm.lora_helper")
+    assert config.lora_target_modules == list(defaults.get_default_trtllm_modules_to_hf_modules())
+
+
+async def test_the_tensorrt_backend_gets_enable_lora(trtllm, make_engine, adapters):
+    engine = await make_engine(trtllm_backend="tensorrt", lora=lora_flag(adapters))
+    llm = trtllm._fake.llms[-1]
+    assert llm.args.enable_lora and llm.args.lora_config.max_lora_rank == 16
+    base = await run(engine, max_tokens=16, ignore_eos=True)
+    assert text(await run(engine, max_tokens=16, ignore_eos=True, adapter="chat")) != text(base)
+
+
+async def test_a_bad_adapter_fails_the_start_naming_it(trtllm, adapters, tmp_path):
+    not_lora = write_adapter(tmp_path / "ia3", peft_type="IA3")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "adapter_config.json").write_text("{not json")
+    cases = {
+        "gone": (tmp_path / "absent", "no adapter_config.json"),
+        "empty": (tmp_path / "empty", "no adapter_config.json"),
+        "broken": (tmp_path / "broken", "cannot read"),
+        "ia3": (not_lora, "IA3 adapter"),
+    }
+    for name, (path, why) in cases.items():
+        engine = TensorRTLLMEngine.from_settings(
+            settings(lora=f"sql={adapters['sql']},{name}={path}")
+        )
+        with pytest.raises(EngineUnavailable, match=f"LoRA adapter '{name}'.*{why}"):
+            await engine.start()
+        await engine.close()
+    assert not trtllm._fake.llms  # refused before TensorRT-LLM loads anything
+
+
+async def test_the_fake_serves_lora_only_with_the_llms_lora_settings(trtllm, adapters):
+    """As TensorRT-LLM's worker: without a LoRA manager a lora_request is ignored (the base
+    model answers); an adapter is cached by its int id; one that cannot load fails."""
+    request_class = importlib.import_module("tensorrt_llm.executor.request").LoRARequest
+    lora_helper = importlib.import_module("tensorrt_llm.lora_helper")
+    with pytest.raises(ValueError, match="does not exist"):
+        request_class("x", 1, str(adapters["sql"] / "absent"))
+    with pytest.raises(ValueError, match="does not exist"):
+        request_class("x", 1)  # the default path, "", does not exist either
+    with pytest.raises(ValueError, match="lora_ckpt_source"):
+        request_class("x", 1, str(adapters["sql"]), "safetensors")
+    sql = request_class("sql", 1, str(adapters["sql"]))
+    params = trtllm.SamplingParams(max_tokens=12, end_id=-1, top_k=1)
+
+    async def answer(llm: Any, lora_request: Any) -> list[int]:
+        result = llm.generate_async([1, 5, 9], params, lora_request=lora_request)
+        await result.aresult()
+        return list(result.outputs[0].token_ids)
+
+    plain = trtllm.LLM("fake-model")
+    only_q = lora_helper.LoraConfig(lora_target_modules=["attn_q"])
+    tuned = trtllm.LLM("fake-model", lora_config=only_q)
+    try:
+        base = await answer(plain, None)
+        assert await answer(plain, sql) == base  # no LoRA settings: silently the base model
+        with_sql = await answer(tuned, sql)
+        assert with_sql != base
+        other_path = request_class("sql", 1, str(adapters["chat"]))
+        assert await answer(tuned, other_path) == with_sql  # cached under id 1
+        empty = adapters["sql"].parent / "no-config"
+        empty.mkdir()
+        with pytest.raises(trtllm.RequestError, match="Failed to load LoRA adapter"):
+            await answer(tuned, request_class("bad", 3, str(empty)))
+    finally:
+        plain.shutdown()
+        tuned.shutdown()
+    with pytest.raises(ValueError, match="must be a LoraConfig"):
+        trtllm.LLM("fake-model", lora_config={"max_lora_rank": 8})
+    with pytest.raises(AssertionError, match="at least one lora target module"):
+        trtllm.LLM(
+            "fake-model", lora_config=lora_helper.LoraConfig(lora_dir=[str(adapters["sql"])] * 2)
+        )
+
+
 # --- through a real server ---------------------------------------------------------------
 
 if TYPE_CHECKING:

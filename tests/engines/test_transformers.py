@@ -38,7 +38,7 @@ from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from ..helpers import async_wait_for, start_server_process
-from .tiny_model import build_tiny_model, token_bytes
+from .tiny_model import build_tiny_adapter, build_tiny_model, token_bytes
 
 PROMPT = "the quick brown fox"
 
@@ -536,6 +536,138 @@ async def test_close_aborts_live_requests_and_stops_the_worker(model_dir: Path):
         await anext(handle.__aiter__())
         await engine.close()
     assert handle.finished and engine.in_flight() == 0 and not engine.healthy
+
+
+# --- LoRA adapters ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def adapters(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two LoRA adapters for the tiny model, of other ranks and target modules."""
+    root = tmp_path_factory.mktemp("lora")
+    return {
+        "sql": build_tiny_adapter(model_dir, root / "sql", seed=1),
+        "chat": build_tiny_adapter(
+            model_dir, root / "chat", seed=2, r=2, target_modules=["k_proj", "up_proj"]
+        ),
+    }
+
+
+def lora_flag(adapters: dict[str, Path]) -> str:
+    return ",".join(f"{name}={path}" for name, path in adapters.items())
+
+
+@pytest.fixture
+async def lora_engine(
+    model_dir: Path, adapters: dict[str, Path]
+) -> AsyncIterator[TransformersEngine]:
+    engine = TransformersEngine.from_settings(settings(model_dir, lora=lora_flag(adapters)))
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+def peft_greedy(model_dir: Path, adapter: Path, ids: tuple[int, ...], n: int) -> list[int]:
+    """PEFT's own greedy ``generate`` with one adapter: what the engine must match."""
+    import warnings
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base: Any = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    with warnings.catch_warnings():  # peft 0.21 on transformers 5: a deprecated property
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", category=FutureWarning)
+        model: Any = PeftModel.from_pretrained(base, adapter)
+    model.eval()
+    out = model.generate(
+        input_ids=torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False
+    )
+    tokens: list[int] = out[0, len(ids) :].tolist()
+    return tokens
+
+
+async def test_an_adapter_generates_as_peft_does(
+    lora_engine: TransformersEngine, model_dir: Path, adapters: dict[str, Path]
+):
+    assert lora_engine.description.adapters == ("sql", "chat")  # as given, in order
+    ids = await prompt_ids(lora_engine)
+    fields = {"max_tokens": 20, "ignore_eos": True}
+    base = (await run(lora_engine, ids, **fields))[0].tokens
+    sql = (await run(lora_engine, ids, adapter="sql", **fields))[0].tokens
+    chat = (await run(lora_engine, ids, adapter="chat", **fields))[0].tokens
+    assert len({tuple(base), tuple(sql), tuple(chat)}) == 3  # each adapter changes the text
+    assert sql == peft_greedy(model_dir, adapters["sql"], ids, 20)
+    assert chat == peft_greedy(model_dir, adapters["chat"], ids, 20)
+
+
+async def test_base_requests_beside_adapters_run_the_base_model(
+    lora_engine: TransformersEngine, engine: TransformersEngine
+):
+    ids = await prompt_ids(engine)
+    plain = (await run(engine, ids, max_tokens=20, ignore_eos=True))[0].tokens
+    assert (await run(lora_engine, ids, max_tokens=20, ignore_eos=True))[0].tokens == plain
+
+
+async def test_a_mixed_batch_gives_each_request_its_own_output(lora_engine: TransformersEngine):
+    """Base and adapter requests share one batch: rows join it mid-flight (merged, left
+    padded) and leave it early (compacted), and each gets what it gets alone."""
+    texts = ("a", PROMPT, PROMPT * 3, "日本語 🚀", PROMPT)
+    names = ("sql", None, "chat", "sql", None)
+    lengths = (40, 12, 16, 24, 30)
+    prompts = [await prompt_ids(lora_engine, text) for text in texts]
+    fields = {"ignore_eos": True, "logprobs": True}
+
+    def req(i: int) -> GenerationRequest:
+        return request(prompts[i], max_tokens=lengths[i], adapter=names[i], **fields)
+
+    alone = [(await collect(lora_engine.submit(req(i))))[0] for i in range(len(texts))]
+    handles = [lora_engine.submit(req(i)) for i in (0, 1)]
+    outs: list[dict[int, Seq]] = [{} for _ in texts]
+    for handle, out in zip(handles, outs, strict=False):
+        absorb(out, await anext(handle.__aiter__()))  # both are decoding now
+    handles += [lora_engine.submit(req(i)) for i in (2, 3, 4)]  # more join, in other orders
+    assert lora_engine.running_sequences >= 2
+    together = await asyncio.gather(
+        *(collect(h, out) for h, out in zip(handles, outs, strict=True))
+    )
+    for one, many in zip(alone, together, strict=True):
+        assert many[0].tokens == one.tokens
+        for a, b in zip(one.logprobs, many[0].logprobs, strict=True):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+async def test_a_bad_adapter_fails_the_start_naming_it(
+    model_dir: Path, adapters: dict[str, Path], tmp_path: Path
+):
+    dora = build_tiny_adapter(model_dir, tmp_path / "dora", use_dora=True)
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(adapters["sql"], no_weights)
+    (no_weights / "adapter_model.safetensors").unlink()
+    cases = {
+        "gone": (tmp_path / "absent", "no adapter_config.json"),
+        "model": (model_dir, "no adapter_config.json"),  # a model, not an adapter
+        "empty": (no_weights, "no adapter weights"),
+        "dora": (dora, "DoRA"),
+    }
+    for name, (path, why) in cases.items():
+        flag = f"sql={adapters['sql']},{name}={path}"
+        engine = TransformersEngine.from_settings(settings(model_dir, lora=flag))
+        with pytest.raises(EngineUnavailable, match=f"LoRA adapter '{name}'.*{why}"):
+            await engine.start()
+        assert not engine.healthy
+
+
+def test_adapters_need_peft(model_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a)
+    )
+    TransformersEngine.from_settings(settings(model_dir))  # no adapters: no peft needed
+    with pytest.raises(EngineUnavailable, match=r"peft: pip install 'tokenwire\[transformers\]'"):
+        TransformersEngine.from_settings(settings(model_dir, lora=f"x={model_dir}"))
 
 
 # --- through a real server -------------------------------------------------------------

@@ -1,6 +1,7 @@
 """A tiny random-weight Llama and a byte-level BPE tokenizer, built in code (nothing downloads).
 
     path = build_tiny_model(tmp_path / "tiny")   # config, weights, tokenizer, chat template
+    build_tiny_adapter(path, tmp_path / "lora")  # a LoRA adapter for it, non-zero weights
     token_bytes(tokenizer)                       # {id: raw bytes}, to check detokenization
 
 The tokenizer is trained on a small corpus that mixes accented, CJK and emoji text,
@@ -78,6 +79,36 @@ def build_tiny_model(path: Path) -> Path:
     model = LlamaForCausalLM(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_adapter(model_dir: Path, path: Path, seed: int = 1, **lora: Any) -> Path:
+    """Write a LoRA adapter for the tiny model at ``model_dir`` to ``path`` (PEFT's
+    ``save_pretrained`` layout); return it.
+
+    Its weights are random and non-zero (``init_lora_weights=False``: PEFT's default
+    starts B at zero, an adapter that changes nothing), so its output differs from
+    the base model's. ``lora`` overrides ``LoraConfig`` fields.
+    """
+    import warnings
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    fields: dict[str, Any] = {
+        "r": 4,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"],
+        "init_lora_weights": False,
+        "task_type": "CAUSAL_LM",
+    }
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():  # peft 0.21 on transformers 5: a deprecated property
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", category=FutureWarning)
+        peft_model = get_peft_model(model, LoraConfig(**(fields | lora)))
+    peft_model.save_pretrained(str(path))
     return path
 
 

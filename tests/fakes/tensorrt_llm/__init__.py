@@ -17,6 +17,9 @@ adapter must cope with:
   request still waiting for a batch slot with nothing at all ("Abort").
 - ``get_stats_async`` yields iteration-stats records, made per iteration and
   handed over every 0.2 s, once a request was submitted ("Load statistics").
+- A ``lora_request`` counts only with the LLM's LoRA settings (``lora_config``,
+  or ``enable_lora`` on the TensorRT backend), and is otherwise ignored; an
+  adapter is cached by its int id and changes the text ("LoRA adapters").
 
 Test controls live in ``tensorrt_llm._fake``.
 """

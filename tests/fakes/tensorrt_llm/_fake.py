@@ -57,5 +57,8 @@ stats_calls = 0
 priorities: list[float] = []
 """The ``priority`` of every ``generate_async`` call, oldest first."""
 
+lora_requests: list[object] = []
+"""The ``lora_request`` of every ``generate_async`` call that had one, oldest first."""
+
 stats_records: list[dict[str, object]] = []
 """Every iteration-stats record the runtime made, oldest first (what was queued)."""

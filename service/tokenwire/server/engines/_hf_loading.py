@@ -1,7 +1,8 @@
 """Loading a causal LM and its tokenizer from local directories (never the Hub).
 
 Runs in a thread (``asyncio.to_thread``): reading weights takes seconds to minutes.
-Every way loading can fail becomes ``EngineUnavailable`` naming the path.
+Every way loading can fail becomes ``EngineUnavailable`` naming the path (or the
+LoRA adapter: ``_hf_lora.py`` puts them on the model).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._hf_lora import attach
 from .base import EngineUnavailable
 
 if TYPE_CHECKING:
@@ -23,7 +25,7 @@ _DTYPES = ("float32", "float16", "bfloat16")
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    model: Any
+    model: Any  # a PeftModel around the transformers model when adapters are loaded
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
@@ -31,6 +33,7 @@ class Loaded:
     vocab_size: int  # rows of the input embedding: valid prompt ids are below it
     eos_token_id: int
     eos_ids: frozenset[int]  # every id that ends a sequence (tokenizer and generation config)
+    adapters: tuple[str, ...] = ()  # LoRA adapters loaded onto the model, by name
 
 
 def load(settings: Settings, model_dir: Path) -> Loaded:
@@ -83,15 +86,19 @@ def load(settings: Settings, model_dir: Path) -> Loaded:
     first_eos = (
         tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(eos_ids, default=0)
     )
+    # Read off the model before adapters wrap its layers (one may target the embedding).
+    vocab_size = model.get_input_embeddings().num_embeddings
+    adapters = settings.lora_adapters()
     return Loaded(
-        model=model,
+        model=attach(model, adapters, device),
         tokenizer=tokenizer,
         device=device,
         dtype=model.dtype,
         max_context_length=context,
-        vocab_size=model.get_input_embeddings().num_embeddings,
+        vocab_size=vocab_size,
         eos_token_id=first_eos,
         eos_ids=frozenset(eos_ids),
+        adapters=tuple(adapters),
     )
 
 

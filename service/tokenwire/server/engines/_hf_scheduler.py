@@ -19,6 +19,12 @@ Finished and aborted sequences leave the batch at once (``batch_select_indices``
 and pad columns that no sequence needs any more are cut off, so the cache never
 keeps the longest departed prompt's length.
 
+LoRA adapters (``_hf_lora.py``): with any loaded, the model is a ``PeftModel`` and
+every forward passes ``adapter_names``, one per batch row, read off the batch's
+rows at that moment (a row's request's adapter, or ``BASE``): a prefill's one row,
+a decode's every row. Compaction and merging move rows and cache rows together,
+so the names stay aligned with the rows they run on.
+
 Only plain ``DynamicLayer`` caches can be padded so. A model with other cache
 layers (sliding windows, linear attention) runs each job as a batch of its own
 (its n sequences together), stepped in turn with the others: correct, slower.
@@ -40,6 +46,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ._hf_handle import Event, Gained, Job
+from ._hf_lora import BASE, base_model
 from ._hf_sequence import LiveSequence
 from .base import EngineUnavailable
 
@@ -54,6 +61,7 @@ class SchedulerConfig:
     max_batch_size: int
     eos_ids: frozenset[int]
     text_vocab: int  # ids from here on are embedding padding, never sampled
+    lora: bool = False  # LoRA adapters are loaded: every forward names each row's adapter
 
 
 class _Batch:
@@ -74,7 +82,9 @@ class Scheduler:
         self._batches: list[_Batch] = []
         self._events: list[Event] = []
         self._stopping = False
-        parameters = inspect.signature(model.forward).parameters
+        # A PeftModel's forward takes **kwargs: the transformers model's says what it takes.
+        self._base = base_model(model)
+        parameters = inspect.signature(self._base.forward).parameters
         self._cache_arg = _cache_argument(parameters)
         self._prefill_args = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
         self._thread = threading.Thread(target=self._run, name="tokenwire-hf", daemon=True)
@@ -172,13 +182,14 @@ class Scheduler:
         device = cfg.device
         try:
             ids = torch.tensor([request.prompt_token_ids], dtype=torch.long, device=device)
-            cache = DynamicCache(config=self._model.config)
+            cache = DynamicCache(config=self._base.config)
             out = self._model(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 use_cache=True,
                 **{self._cache_arg: cache},
                 **self._prefill_args,
+                **self._adapter_args([job]),
             )
             logits = out.logits[0, -1, : cfg.text_vocab]
             n = request.sampling.n
@@ -215,6 +226,7 @@ class Scheduler:
                 attention_mask=batch.mask,
                 use_cache=True,
                 **{self._cache_arg: batch.cache},
+                **self._adapter_args([row.job for row in rows]),
             )
         except Exception as error:
             self._batches.remove(batch)
@@ -239,6 +251,12 @@ class Scheduler:
             step.held.append(row.held)
         self._events.extend((job, d) for job, d in gained.items() if not job.aborted)
         self._compact(batch)
+
+    def _adapter_args(self, jobs: list[Job]) -> dict[str, Any]:
+        """PEFT's ``adapter_names`` for a forward whose batch rows are ``jobs``' rows."""
+        if not self._cfg.lora:
+            return {}
+        return {"adapter_names": [job.request.adapter or BASE for job in jobs]}
 
     def _compact(self, batch: _Batch, owned: bool = True) -> None:
         """Drop finished and aborted rows, freeing their cache; cut pad columns no row needs.

@@ -33,8 +33,13 @@ ENDED = frozenset({"stop", "length", "timeout", "cancelled"})
 _NO_LIMIT = 10**9  # HF's model_max_length is a huge sentinel when the model sets none
 
 
-def llm_kwargs(settings: Settings, kv_cache_config: Callable[..., object]) -> dict[str, object]:
-    """``LLM(**kwargs)`` for the settings that are set: the LLM refuses unknown kwargs."""
+def llm_kwargs(
+    settings: Settings, kv_cache_config: Callable[..., object], lora_config: object = None
+) -> dict[str, object]:
+    """``LLM(**kwargs)`` for the settings that are set: the LLM refuses unknown kwargs.
+
+    ``lora_config``: a ``LoraConfig`` when adapters are served (``_trtllm_lora.py``).
+    """
     kwargs: dict[str, object] = {"model": settings.model}
     if settings.tokenizer:
         kwargs["tokenizer"] = settings.tokenizer
@@ -53,6 +58,13 @@ def llm_kwargs(settings: Settings, kv_cache_config: Callable[..., object]) -> di
         "max_num_tokens": settings.max_num_tokens,
     }
     kwargs.update((name, value) for name, value in limits.items() if value is not None)
+    if lora_config is not None:
+        # The PyTorch backend serves LoRA for a lora_config (and ignores enable_lora);
+        # the TensorRT one builds the LoRA plugin in for enable_lora, taking its
+        # largest rank from lora_config (docs/tensorrt_llm.md, "LoRA adapters").
+        kwargs["lora_config"] = lora_config
+        if settings.trtllm_backend == "tensorrt":
+            kwargs["enable_lora"] = True
     if settings.trtllm_backend == "pytorch":
         # Per-iteration stats (``get_stats_async``, what ``load()`` reads) are off by
         # default on the PyTorch backend; the TensorRT backend has them always, and its

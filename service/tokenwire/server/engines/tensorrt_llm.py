@@ -19,6 +19,9 @@ details and the upstream files they come from):
   the executor is fatal: the engine turns unhealthy (``EngineUnavailable``).
 - Only settings that are set become ``LLM(...)`` kwargs, and only names that
   exist become ``SamplingParams`` fields: ``_trtllm_params.py``.
+- LoRA adapters (``--lora``): the LLM gets LoRA settings, and a request for an
+  adapter its ``LoRARequest(name, id, path)``, made once per adapter at start
+  with a stable id (``_trtllm_lora.py``).
 - ``load()`` is TensorRT-LLM's own per-iteration stats (``get_stats_async``),
   which its runtime hands over in batches every 0.2 s and only after a request
   was submitted: a task drains them while requests are live and keeps the latest.
@@ -37,6 +40,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from . import _trtllm_lora as lora
 from . import _trtllm_params as trt
 from ._trtllm_handle import TensorRTLLMHandle
 from .base import (
@@ -84,6 +88,7 @@ class TensorRTLLMEngine:
         self.request_error: type[Exception] = _Never  # RequestError, once imported
         self.response_queue: type | None = None  # AsyncQueue, once imported
         self._end_id: int | None = None  # passed only when there is no tokenizer
+        self._lora_requests: dict[str, Any] = {}  # adapter name -> its LoRARequest
         self._live: set[TensorRTLLMHandle] = set()
         self._failed = False
         self._closed = False
@@ -136,8 +141,10 @@ class TensorRTLLMEngine:
             llm_class = _import("tensorrt_llm._tensorrt_engine").LLM
         else:
             llm_class = tensorrt_llm.LLM  # the PyTorch backend
+        adapters = lora.read_adapters(s.lora_adapters())
+        lora_config = self._lora_setup(adapters) if adapters else None
         try:
-            llm = llm_class(**trt.llm_kwargs(s, llmapi.KvCacheConfig))
+            llm = llm_class(**trt.llm_kwargs(s, llmapi.KvCacheConfig, lora_config))
         except Exception as error:
             raise EngineUnavailable(f"TensorRT-LLM could not load {s.model!r}: {error}") from error
         try:
@@ -148,6 +155,7 @@ class TensorRTLLMEngine:
                 max_context_length=trt.context_length(llm, config, s),
                 vocab_size=trt.vocab_size(llm, config),
                 eos_token_id=trt.eos_token_id(llm, config),
+                adapters=tuple(self._lora_requests),
             )
         except BaseException:
             llm.shutdown()
@@ -160,6 +168,29 @@ class TensorRTLLMEngine:
         # Newer versions take a scheduling priority; older ones have no such argument.
         self._takes_priority = "priority" in inspect.signature(llm.generate_async).parameters
         self._llm = llm
+
+    def _lora_setup(self, adapters: list[lora.Adapter]) -> Any:
+        """The LLM's ``LoraConfig``; one ``LoRARequest`` per adapter, kept for its requests."""
+        # Newer versions keep LoraConfig in lora_helper; older ones in lora_manager
+        # (which newer ones still re-export it from).
+        try:
+            helper = importlib.import_module("tensorrt_llm.lora_helper")
+        except ImportError:
+            helper = _import("tensorrt_llm.lora_manager")
+        request_class = _import("tensorrt_llm.executor.request").LoRARequest
+        requests: dict[str, Any] = {}
+        for adapter in adapters:
+            try:
+                requests[adapter.name] = request_class(adapter.name, adapter.int_id, adapter.path)
+            except ValueError as error:  # e.g. the path went missing
+                raise EngineUnavailable(f"LoRA adapter {adapter.name!r}: {error}") from error
+        modules = helper.get_default_trtllm_modules_to_hf_modules()
+        try:
+            config = helper.LoraConfig(**lora.lora_config_kwargs(adapters, modules))
+        except (AssertionError, TypeError, ValueError) as error:
+            raise EngineUnavailable(f"TensorRT-LLM refused the LoRA settings: {error}") from error
+        self._lora_requests = requests
+        return config
 
     async def tokenize(self, prompt: PromptInput, add_special_tokens: bool = True) -> list[int]:
         self._running()
@@ -203,6 +234,11 @@ class TensorRTLLMEngine:
         except ValueError as error:
             raise InvalidInput(trt.invalid_field(str(error), "sampling"), str(error)) from error
         extra: dict[str, Any] = {"priority": request.priority} if self._takes_priority else {}
+        if request.adapter is not None:
+            lora_request = self._lora_requests.get(request.adapter)
+            if lora_request is None:  # the server checks names: a bug if it comes to this
+                raise InvalidInput("model", f"no LoRA adapter {request.adapter!r} is loaded")
+            extra["lora_request"] = lora_request
         try:
             result = llm.generate_async(
                 {"prompt_token_ids": list(request.prompt_token_ids)},

@@ -11,6 +11,10 @@ token per step (``_hf_scheduler.py``); results reach the event loop through
 The library's own continuous batching is not used: it takes one generation
 config for all requests (no per-request seed, penalties or top logprobs).
 
+LoRA adapters (``--lora NAME=PATH``) load onto the model with PEFT at start, and
+a request's adapter applies to its own batch rows only: base and adapter requests
+share every batch (``_hf_lora.py``).
+
 Devices: ``auto`` is CUDA when available, else CPU. Dtypes: ``auto`` is the
 checkpoint's own dtype on CUDA and float32 on CPU (half precision is slow there).
 """
@@ -25,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _hf_lora
 from ._hf_handle import Event, TransformersHandle, dispatch
 from ._hf_loading import INSTALL_HINT, load
 from .base import (
@@ -72,6 +77,8 @@ class TransformersEngine:
         for package in ("torch", "transformers", "tokenizers"):
             if importlib.util.find_spec(package) is None:
                 raise EngineUnavailable(INSTALL_HINT)
+        if settings.lora_adapters() and importlib.util.find_spec("peft") is None:
+            raise EngineUnavailable(_hf_lora.INSTALL_HINT)
         return cls(settings)
 
     @property
@@ -95,6 +102,7 @@ class TransformersEngine:
             max_context_length=loaded.max_context_length,
             vocab_size=loaded.vocab_size,
             eos_token_id=loaded.eos_token_id,
+            adapters=loaded.adapters,
         )
         self._loop = asyncio.get_running_loop()
         config = SchedulerConfig(
@@ -102,16 +110,18 @@ class TransformersEngine:
             max_batch_size=self._max_batch,
             eos_ids=loaded.eos_ids,
             text_vocab=min(loaded.vocab_size, len(loaded.tokenizer)),
+            lora=bool(loaded.adapters),
         )
         self._scheduler = Scheduler(loaded.model, loaded.tokenizer, config, self._publish)
         self._scheduler.start()
         log.info(
-            "loaded %s on %s (%s), context %d, vocabulary %d",
+            "loaded %s on %s (%s), context %d, vocabulary %d, LoRA adapters: %s",
             self._model_dir,
             loaded.device,
             loaded.dtype,
             loaded.max_context_length,
             loaded.vocab_size,
+            ", ".join(loaded.adapters) or "none",
         )
 
     async def tokenize(self, prompt: PromptInput, add_special_tokens: bool = True) -> list[int]:

@@ -1,4 +1,5 @@
 from .executor import GenerationExecutor
+from .request import LoRARequest
 from .result import CompletionOutput, GenerationResult, Logprob
 from .utils import CppExecutorError, RequestError
 
@@ -7,6 +8,7 @@ __all__ = [
     "CppExecutorError",
     "GenerationExecutor",
     "GenerationResult",
+    "LoRARequest",
     "Logprob",
     "RequestError",
 ]

@@ -64,6 +64,7 @@ class _Request:
         fault: str | None,
         cached: int,
         to_notify: list[_SyncQueue],
+        adapter: str | None = None,
     ) -> None:
         self.result = result
         self._to_notify = to_notify
@@ -72,8 +73,10 @@ class _Request:
         self.produced = 0
         params = result.sampling_params
         prompt = zlib.crc32(repr(result.prompt_token_ids).encode())
+        # An adapter's weights (known by the path they were loaded from) change the text.
+        tuned = "" if adapter is None else f":{adapter}"
         self.seqs = [
-            _Sequence(random.Random(f"{params.seed or 0}:{i}:{prompt}"))
+            _Sequence(random.Random(f"{params.seed or 0}:{i}:{prompt}{tuned}"))
             for i in range(params.best_of or params.n)
         ]
 
@@ -152,13 +155,14 @@ class GenerationExecutor:
         self._last_id += 1
         return self._last_id
 
-    def enqueue(self, result: GenerationResult) -> None:
-        """Queue a request. Without a running loop the fake runtime cannot run it."""
+    def enqueue(self, result: GenerationResult, adapter: str | None = None) -> None:
+        """Queue a request (``adapter``: the LoRA weights it runs with, by their path).
+        Without a running loop the fake runtime cannot run it."""
         prompt = tuple(result.prompt_token_ids)
         cached = (len(prompt) - 1) // 4 * 4 if prompt in self._seen_prompts else 0
         self._seen_prompts.add(prompt)
         fault = self._fault(result.prompt_token_ids)
-        self._waiting.append(_Request(result, fault, cached, self._to_notify))
+        self._waiting.append(_Request(result, fault, cached, self._to_notify, adapter))
         with contextlib.suppress(RuntimeError):
             self._ensure_running(asyncio.get_running_loop())
 

@@ -1,4 +1,4 @@
-from ..executor import CompletionOutput, RequestError
+from ..executor import CompletionOutput, LoRARequest, RequestError
 from ..sampling_params import SamplingParams
 from .llm import LLM, RequestOutput
 from .llm_args import KvCacheConfig
@@ -7,6 +7,7 @@ __all__ = [
     "LLM",
     "CompletionOutput",
     "KvCacheConfig",
+    "LoRARequest",
     "RequestError",
     "RequestOutput",
     "SamplingParams",

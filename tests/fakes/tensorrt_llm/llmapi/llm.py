@@ -18,7 +18,10 @@ from typing import Any
 
 from .. import _fake
 from ..executor.executor import GenerationExecutor
+from ..executor.request import LoRARequest
 from ..executor.result import GenerationResult
+from ..executor.utils import RequestError
+from ..lora_helper import LoraConfig, get_default_trtllm_modules_to_hf_modules, hf_target_modules
 from ..sampling_params import SamplingParams
 from .llm_args import COMMON_FIELDS, TORCH_ONLY_FIELDS, TRT_ONLY_FIELDS, KvCacheConfig, LlmArgs
 from .tokenizer import FakeHFTokenizer, TransformersTokenizer
@@ -58,6 +61,14 @@ class BaseLLM:
             raise ValueError(f"kv_cache_config must be a KvCacheConfig, got {type(config)}")
         if tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be >= 1")
+        lora_config = kwargs.get("lora_config")
+        if lora_config is not None:
+            if not isinstance(lora_config, LoraConfig):
+                raise ValueError(f"lora_config must be a LoraConfig, got {type(lora_config)}")
+            if not lora_config.lora_dir and not lora_config.lora_target_modules:
+                # BaseLlmArgs.validate_lora_config_consistency warns, then expects them all.
+                defaults = get_default_trtllm_modules_to_hf_modules()
+                lora_config.lora_target_modules = list(defaults)
         values: dict[str, object] = {
             "tokenizer": tokenizer,
             "tokenizer_mode": tokenizer_mode,
@@ -73,6 +84,7 @@ class BaseLLM:
         model_dir = Path(model)
         self._hf_model_dir = model_dir if model_dir.is_dir() else None
         no_tokenizer_files = model_dir.is_dir() and not (model_dir / "tokenizer.json").exists()
+        self._loras: dict[int, str] = {}  # the runtime's adapter cache: int id -> path
         self._tokenizer: TransformersTokenizer | None = None
         if not skip_tokenizer_init and (tokenizer is not None or not no_tokenizer_files):
             self._tokenizer = TransformersTokenizer(FakeHFTokenizer())
@@ -115,12 +127,40 @@ class BaseLLM:
         params = self._prepare_sampling_params(sampling_params)
         prompt_ids = self._prompt_token_ids(inputs)
         self._check_arguments(len(prompt_ids), params)
+        adapter = self._lora_weights(lora_request)
         executor._maybe_initialize_iteration_results()  # as GenerationExecutor.generate_async
         result = RequestOutput(
             executor.new_request_id(), prompt_ids, params, executor, self._tokenizer
         )
-        executor.enqueue(result)
+        executor.enqueue(result, adapter)
         return result
+
+    def _lora_weights(self, lora_request: object | None) -> str | None:
+        """The adapter weights a request runs with (the path they came from), or None.
+
+        As the worker does (executor/base_worker.py): without a LoRA manager a
+        ``lora_request`` is ignored, and the base model answers; with one, the
+        adapter is loaded the first time its int id is seen and cached under that
+        id, so a later request with the same id gets those weights whatever its
+        path; an adapter that cannot be loaded fails the request (RequestError).
+        """
+        if lora_request is None:
+            return None
+        _fake.lora_requests.append(lora_request)
+        if not self._lora_enabled():
+            return None
+        assert isinstance(lora_request, LoRARequest)
+        uid = lora_request.adapter_id
+        if uid not in self._loras:
+            try:
+                hf_target_modules(lora_request.path, get_default_trtllm_modules_to_hf_modules())
+            except ValueError as error:
+                raise RequestError(f"Failed to load LoRA adapter: {error}") from error
+            self._loras[uid] = lora_request.path
+        return self._loras[uid]
+
+    def _lora_enabled(self) -> bool:
+        raise NotImplementedError
 
     def get_stats_async(self, timeout: float | None = 2) -> AsyncIterator[dict[str, object]]:
         """Iteration stats: an async iterator of dicts (docs/tensorrt_llm.md, "Load
@@ -179,6 +219,10 @@ class BaseLLM:
 class _TorchLLM(BaseLLM):
     _fields = COMMON_FIELDS | TORCH_ONLY_FIELDS
 
+    def _lora_enabled(self) -> bool:
+        # The worker makes a LoRA manager on the PyTorch backend only for a lora_config.
+        return self.args.lora_config is not None
+
     def _iter_stats_enabled(self) -> bool:
         # PyExecutor.get_latest_iteration_stats returns [] unless enable_iter_perf_stats.
         return self.args.enable_iter_perf_stats
@@ -193,6 +237,17 @@ class _TorchLLM(BaseLLM):
                 f"tensorrt_llm._tensorrt_engine import LLM' instead to use the TensorRT backend."
             )
         super().__init__(model, *args, backend=backend, **kwargs)
+        lora_config = self.args.lora_config
+        if lora_config is not None:
+            # The PyTorch executor's resources (pyexecutor/_util.py): one lora_dir is read
+            # for its target modules (load_torch_hf_lora); otherwise they must be given.
+            if len(lora_config.lora_dir) == 1:
+                to_hf = get_default_trtllm_modules_to_hf_modules()
+                modules = hf_target_modules(lora_config.lora_dir[0], to_hf)
+                lora_config.lora_target_modules = lora_config.lora_target_modules or modules
+            assert len(lora_config.lora_target_modules) >= 1, (
+                "Expecting at least one lora target module"
+            )
 
     def _check_arguments(self, prompt_len: int, params: SamplingParams) -> None:
         max_num_tokens = self.args.max_num_tokens
@@ -205,6 +260,11 @@ class _TorchLLM(BaseLLM):
 
 class _TrtLLM(BaseLLM):
     _fields = COMMON_FIELDS | TRT_ONLY_FIELDS
+
+    def _lora_enabled(self) -> bool:
+        # enable_lora builds the LoRA plugin in, and the worker makes a LoRA manager
+        # for an engine that has it (UNCERTAIN for a prebuilt engine: its own build).
+        return self.args.enable_lora
 
     def _iter_stats_enabled(self) -> bool:
         # The C++ executor keeps iterStatsMaxIterations records (1000 by default); 0 is none.

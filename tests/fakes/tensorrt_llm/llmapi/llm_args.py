@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..lora_helper import LoraConfig
+
 
 @dataclass(kw_only=True)
 class KvCacheConfig:
@@ -37,6 +39,11 @@ COMMON_FIELDS = frozenset(
         "gather_generation_logits",
         "enable_chunked_prefill",
         "iter_stats_max_iterations",
+        # LoRA (BaseLlmArgs): the PyTorch backend serves adapters when lora_config is
+        # set (enable_lora is then ignored); the TensorRT one builds the LoRA plugin in
+        # when enable_lora is (docs/tensorrt_llm.md, "LoRA adapters").
+        "enable_lora",
+        "lora_config",
     }
 )
 # TrtLlmArgs only: the PyTorch LLM refuses them with a hint to use _tensorrt_engine.
@@ -109,3 +116,12 @@ class LlmArgs:
     def iter_stats_max_iterations(self) -> int | None:
         value = self._get("iter_stats_max_iterations")
         return value if isinstance(value, int) else None
+
+    @property
+    def enable_lora(self) -> bool:
+        return bool(self._get("enable_lora"))
+
+    @property
+    def lora_config(self) -> LoraConfig | None:
+        value = self._get("lora_config")
+        return value if isinstance(value, LoraConfig) else None
