@@ -69,6 +69,11 @@ class GenerationServiceStub:
                 request_serializer=tokenwire_dot_v1_dot_generation__pb2.AbortRequest.SerializeToString,
                 response_deserializer=tokenwire_dot_v1_dot_generation__pb2.AbortResponse.FromString,
                 _registered_method=True)
+        self.Resume = channel.unary_stream(
+                '/tokenwire.v1.GenerationService/Resume',
+                request_serializer=tokenwire_dot_v1_dot_generation__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=tokenwire_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -132,6 +137,18 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Resume(self, request, context):
+        """Resume attaches to a resumable request (StreamOptions.resume_grace_ms)
+        whose call ended without an Abort: it replays the kept responses after
+        `after_sequence`, then follows the generation live, each response once.
+        One stream may be attached to a request at a time (FAILED_PRECONDITION
+        while another is); after the grace, or for an unknown id: NOT_FOUND. Only
+        the identity (API key) that started the request may resume it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +181,11 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=tokenwire_dot_v1_dot_generation__pb2.AbortRequest.FromString,
                     response_serializer=tokenwire_dot_v1_dot_generation__pb2.AbortResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_stream_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=tokenwire_dot_v1_dot_generation__pb2.ResumeRequest.FromString,
+                    response_serializer=tokenwire_dot_v1_dot_generation__pb2.GenerateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -333,6 +355,33 @@ class GenerationService:
             '/tokenwire.v1.GenerationService/Abort',
             tokenwire_dot_v1_dot_generation__pb2.AbortRequest.SerializeToString,
             tokenwire_dot_v1_dot_generation__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tokenwire.v1.GenerationService/Resume',
+            tokenwire_dot_v1_dot_generation__pb2.ResumeRequest.SerializeToString,
+            tokenwire_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,14 @@ class GenerationServiceStub:
     (reason "aborted") and its call ends with CANCELLED. Ids that are not
     live are ignored; the answer names the ones that were.
     """
+    Resume: _grpc.UnaryStreamMultiCallable[_generation_pb2.ResumeRequest, _generation_pb2.GenerateResponse]
+    """Resume attaches to a resumable request (StreamOptions.resume_grace_ms)
+    whose call ended without an Abort: it replays the kept responses after
+    `after_sequence`, then follows the generation live, each response once.
+    One stream may be attached to a request at a time (FAILED_PRECONDITION
+    while another is); after the grace, or for an unknown id: NOT_FOUND. Only
+    the identity (API key) that started the request may resume it.
+    """
 
 @_typing.type_check_only
 class GenerationServiceAsyncStub(GenerationServiceStub):
@@ -109,6 +117,14 @@ class GenerationServiceAsyncStub(GenerationServiceStub):
     behalf of the clients they front: each one's engine request is aborted
     (reason "aborted") and its call ends with CANCELLED. Ids that are not
     live are ignored; the answer names the ones that were.
+    """
+    Resume: _aio.UnaryStreamMultiCallable[_generation_pb2.ResumeRequest, _generation_pb2.GenerateResponse]  # type: ignore[assignment]
+    """Resume attaches to a resumable request (StreamOptions.resume_grace_ms)
+    whose call ended without an Abort: it replays the kept responses after
+    `after_sequence`, then follows the generation live, each response once.
+    One stream may be attached to a request at a time (FAILED_PRECONDITION
+    while another is); after the grace, or for an unknown id: NOT_FOUND. Only
+    the identity (API key) that started the request may resume it.
     """
 
 class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -181,6 +197,20 @@ class GenerationServiceServicer(metaclass=_abc_1.ABCMeta):
         behalf of the clients they front: each one's engine request is aborted
         (reason "aborted") and its call ends with CANCELLED. Ids that are not
         live are ignored; the answer names the ones that were.
+        """
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _generation_pb2.ResumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateResponse], _abc.AsyncIterator[_generation_pb2.GenerateResponse]]:
+        """Resume attaches to a resumable request (StreamOptions.resume_grace_ms)
+        whose call ended without an Abort: it replays the kept responses after
+        `after_sequence`, then follows the generation live, each response once.
+        One stream may be attached to a request at a time (FAILED_PRECONDITION
+        while another is); after the grace, or for an unknown id: NOT_FOUND. Only
+        the identity (API key) that started the request may resume it.
         """
 
 def add_GenerationServiceServicer_to_server(servicer: GenerationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

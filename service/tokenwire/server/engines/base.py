@@ -64,17 +64,60 @@ DEFAULT_PRIORITY = 0.5  # a request's priority when it names none (TensorRT-LLM'
 
 
 @dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call (rendered through its chat template)."""
+
+    name: str
+    description: str = ""
+    parameters_json: str = ""  # JSON Schema text of its arguments object; "" for none
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One whole call of a tool, as an assistant turn carries it."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls
+    tool_call_id: str = ""  # a tool turn: which call this is the result of
 
 
 @dataclass(frozen=True, slots=True)
 class PromptInput:
-    """Text or a conversation to tokenize; exactly one of the two is set."""
+    """Text or a conversation to tokenize; exactly one of the two is set.
+
+    ``tools`` go to the chat template with a conversation (``tools=`` of
+    ``apply_chat_template``); they mean nothing to plain text.
+    """
 
     text: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    tools: tuple[ToolSpec, ...] = ()
+
+
+ConstraintKind = Literal["json_schema", "json_object", "regex", "grammar", "choice"]
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """Structured output: what a sequence's whole text must match, validated by the
+    core before it reaches an engine (docs/structured-output.md).
+
+    ``value`` is the JSON Schema text (json_schema), the regular expression
+    (regex) or the EBNF grammar (grammar); empty for json_object and choice,
+    whose answers are ``choices``.
+    """
+
+    kind: ConstraintKind
+    value: str = ""
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +173,11 @@ class GenerationRequest:
     """Tokens the consumer groups into one message: an engine that has several ready
     may hand them over in one step (as TensorRT-LLM's ``stream_interval`` does),
     sparing a wake-up per token. A hint; one token per step is always correct."""
+    constraint: Constraint | None = None
+    """Structured output every sequence's text must match, or None."""
+    tools: tuple[ToolSpec, ...] = ()
+    """The tools offered (already in the prompt through the chat template): an engine
+    that makes up its answers (the simulator) may answer with a call of one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         async with self.rpc("Abort", context):
             return pb.AbortResponse(aborted=self.core.abort(request.request_ids))
 
+    async def Resume(  # type: ignore[override]  # noqa: N802
+        self, request: pb.ResumeRequest, context: Context
+    ) -> None:
+        # Resumable streams land in slices: until then there is nothing to resume.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Resume is not served yet")
+
     async def Tokenize(  # noqa: N802
         self, request: pb.TokenizeRequest, context: Context
     ) -> pb.TokenizeResponse:
