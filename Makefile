@@ -140,10 +140,14 @@ buf-lint: $(NODE_STAMP)
 pytest: $(STAMP) $(CLIENT_NODE_STAMP) system-tools
 	$(BIN)/pytest
 
-SYSTEM_TOOLS := chromium curl
+# Debian packages the tests use, PACKAGE or PACKAGE:COMMAND where the command it
+# gives has another name. haproxy, iproute2 and iptables: tests/hardening (a real
+# proxy; network namespaces and dropped packets).
+SYSTEM_TOOLS := chromium curl haproxy iproute2:ip iptables
 .PHONY: system-tools
 system-tools:
-	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	@missing=$$(for t in $(SYSTEM_TOOLS); do \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $${t##*:} >/dev/null || echo $${t%%:*}; done); \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing $$missing (Debian packages)"; \
