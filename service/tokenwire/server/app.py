@@ -64,6 +64,7 @@ from .core.admission import Admission
 from .core.auth import ApiKeys
 from .core.lifecycle import SERVICE, Core
 from .core.requests import Limits
+from .core.resume import Resumes
 from .core.telemetry import Metrics
 from .core.tracing import Tracing
 from .core.watchdog import Watchdog
@@ -153,6 +154,12 @@ class Server:
             self.watchdog,
             self.tracing,
             max_pause_s=settings.max_pacing_ms / 1000.0,
+            resumes=Resumes(
+                self.metrics,
+                settings.max_resume_grace_ms,
+                settings.resume_request_bytes,
+                settings.resume_total_bytes,
+            ),
         )
         self.servicer = GenerationServicer(self.core)
         self.health = health_aio.HealthServicer()
@@ -292,6 +299,7 @@ class Server:
         if self._monitor is not None:
             self._monitor.cancel()
         await self.health.enter_graceful_shutdown()
+        self.core.resumes.shutdown()  # detached streams end now: nobody reads them
         if self._http_listener is not None and self.http is not None:
             # Both doors drain side by side, for the same grace.
             self._http_listener.stop_accepting()
@@ -303,6 +311,7 @@ class Server:
             await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)
+        await self.core.close_resumable()
         await self.watchdog.stop()
         await self.core.pacer.stop()
         await self.engine.close()

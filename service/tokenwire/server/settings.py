@@ -141,6 +141,25 @@ class Settings(BaseSettings):
         "(one message), in bytes.",
     )
 
+    max_resume_grace_ms: int = Field(
+        60_000,
+        ge=0,
+        description="Longest StreamOptions.resume_grace_ms accepted (a resumable stream's "
+        "grace after its client left or it ended); 0 = no resumable streams.",
+    )
+    resume_request_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Most bytes of messages kept per resumable stream that its client may "
+        "not have; a detached stream that needs more is aborted (detached).",
+    )
+    resume_total_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes of messages kept for all resumable streams; beyond it the "
+        "oldest detached stream is aborted (detached).",
+    )
+
     max_pacing_ms: float = Field(
         50.0,
         ge=0,

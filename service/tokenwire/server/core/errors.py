@@ -12,11 +12,13 @@ Error tree::
     ├── AnswerTooLarge            a whole answer outgrew one message
     ├── BodyTooLarge              an HTTP request body over the limit
     ├── Unauthenticated           no valid API key
-    ├── NotFound                  no such HTTP route
+    ├── NotFound                  no such HTTP route, or no such resumable request
+    ├── ResumeConflict            another stream is attached to that request (Resume)
     └── Ended                     the call ended before its answer did
         ├── ClientCancelled       the client cancelled or went away
         ├── DeadlineExpired       the client's deadline passed
         ├── Aborted               aborted by its id (the Abort RPC)
+        ├── Detached              nobody came back to a resumable stream in time
         └── ShuttingDown          the server is stopping (refused, or cut at the grace's end)
     EngineError                   (engines/base.py)
     ├── EngineUnavailable         the engine cannot take requests
@@ -88,6 +90,10 @@ class NotFound(ServiceError):
     pass
 
 
+class ResumeConflict(ServiceError):
+    """A resumable request already has a stream attached to it."""
+
+
 class Ended(ServiceError):
     """The call ended before its answer: the reason, decided once (core.lifecycle)."""
 
@@ -107,6 +113,11 @@ class ShuttingDown(Ended):
 class Aborted(Ended):
     """A gateway aborted the request by its id (``Abort``); its client still waits
     for an ending, which says so."""
+
+
+class Detached(Ended):
+    """A resumable stream nobody came back to within its grace (or that outgrew the
+    bounds on kept messages while detached): aborted, and forgotten."""
 
 
 class EngineStalled(EngineUnavailable):
@@ -134,6 +145,7 @@ _TABLE: tuple[tuple[type[BaseException], Answer], ...] = (
     (InvalidInput, _BAD),
     (ModelNotFound, Answer("NOT_FOUND", 404, "invalid_request_error", "model_not_found")),
     (NotFound, Answer("NOT_FOUND", 404, "not_found_error")),
+    (ResumeConflict, Answer("FAILED_PRECONDITION", 409, "invalid_request_error", "conflict")),
     (DuplicateRequestId, Answer("ALREADY_EXISTS", 409, "invalid_request_error", "conflict")),
     (Overloaded, Answer("RESOURCE_EXHAUSTED", 429, "rate_limit_error", "overloaded")),
     (BodyTooLarge, Answer("RESOURCE_EXHAUSTED", 413, "invalid_request_error", "too_large")),
@@ -143,6 +155,7 @@ _TABLE: tuple[tuple[type[BaseException], Answer], ...] = (
     (DeadlineExpired, Answer("DEADLINE_EXCEEDED", 504, "timeout_error", "deadline_exceeded")),
     (ClientCancelled, Answer("CANCELLED", 499, "cancelled", "cancelled")),
     (Aborted, Answer("CANCELLED", 499, "cancelled", "aborted")),
+    (Detached, Answer("CANCELLED", 499, "cancelled", "detached")),
     (ShuttingDown, Answer("UNAVAILABLE", 503, "service_unavailable_error", "shutting_down")),
     (Unauthenticated, Answer("UNAUTHENTICATED", 401, "authentication_error", "invalid_api_key")),
     (

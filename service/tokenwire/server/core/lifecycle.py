@@ -5,6 +5,17 @@
             async for flush in core.flushes(gen):                 # the door sends each
                 ...
 
+A resumable call (``StreamOptions.resume_grace_ms``) goes the same way, in a task
+of its own that keeps its messages (``resume.py``), while the door follows them:
+
+    kept = core.resumable(request, call, who, grace_s)            # its own task
+    async with core.following(kept, after, call) as follow:       # attach; detach
+        await follow.submitted()
+        async for msg in follow.messages: ...                      # numbered, kept
+
+A door that leaves without an Abort detaches (the generation goes on for the
+grace); at the shutdown's cut it aborts (``shutdown``).
+
 Every way a call can end goes through ``generation``'s exit: a request the
 engine has not finished is aborted there, at once, and counted with its reason.
 Both doors turn a client that leaves into ``CancelledError`` in the handler
@@ -20,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 from opentelemetry.trace import Span
@@ -30,11 +42,12 @@ from tokenwire.v1 import generation_pb2 as pb
 
 from .. import logs
 from ..engines.base import Engine, EngineUnavailable, GenerationHandle
-from . import coalescing, errors, sizes
+from . import coalescing, errors, messages, sizes
 from .admission import Admission
 from .pacing import Pacer
 from .progress import Progress
 from .requests import Limits, RequestPlan, plan_request
+from .resume import KeptStream, Resumes
 from .telemetry import AbortReason, Metrics
 from .tracing import Tracing
 from .watchdog import Watchdog, Watched
@@ -56,6 +69,7 @@ _ABORT_REASONS: tuple[tuple[type[BaseException], AbortReason], ...] = (
     (errors.ShuttingDown, "shutdown"),
     (errors.ClientCancelled, "cancelled"),
     (errors.Aborted, "aborted"),
+    (errors.Detached, "detached"),
 )
 
 
@@ -84,6 +98,22 @@ def no_deadline() -> float | None:
     return None
 
 
+class Following:
+    """A door attached to a kept stream: its messages, and its write clock."""
+
+    __slots__ = ("_kept", "_resumes", "messages", "watched")
+
+    def __init__(self, resumes: Resumes, kept: KeptStream, after: int, watched: Watched) -> None:
+        self._resumes = resumes
+        self._kept = kept
+        self.watched = watched
+        self.messages = resumes.follow(kept, after)
+
+    async def submitted(self) -> None:
+        """Until the engine has the request; raises its refusal (before any answer)."""
+        await self._resumes.wait_submitted(self._kept)
+
+
 class Core:
     """Everything a request needs, shared by both doors: engine, limits, admission,
     the watchdog, metrics and tracing."""
@@ -97,6 +127,7 @@ class Core:
         watchdog: Watchdog,
         tracing: Tracing,
         max_pause_s: float = 0.05,
+        resumes: Resumes | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
@@ -109,6 +140,11 @@ class Core:
         # Set when a shutdown begins: new generations are refused from then on,
         # and calls cancelled after the grace ends were cut by the shutdown.
         self.grace_ends_at: float | None = None
+        # Resumable streams' kept messages (default bounds: those of Settings).
+        self.resumes = (
+            resumes if resumes is not None else Resumes(metrics, 60_000, 1 << 20, 64 << 20)
+        )
+        self._producers: set[asyncio.Task[None]] = set()
 
     @contextmanager
     def call(
@@ -255,6 +291,108 @@ class Core:
                     progress.ttft_s,
                     time.perf_counter() - started,
                 )
+
+    # --- resumable calls ---------------------------------------------------------
+
+    def resumable(
+        self, request: pb.GenerateRequest, call: Call, who: str, grace_s: float
+    ) -> KeptStream:
+        """Start a resumable generation in a task of its own, keeping its messages;
+        the door then follows it (``following``). Refusals before the engine has it
+        come out of ``following`` as the generation raised them."""
+        if not request.request_id:
+            request.request_id = uuid.uuid4().hex
+        if request.request_id in self.live:
+            raise errors.DuplicateRequestId(
+                f"request_id {request.request_id!r} is already in progress"
+            )
+        kept = self.resumes.open(request.request_id, who, grace_s)
+        # Its own call: the door's ends with the connection, this one with the engine
+        # request; the client's deadline, read now, bounds the generation either way.
+        remaining = call.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        produced = Call(
+            call.span, no_deadline if deadline is None else lambda: deadline - time.monotonic()
+        )
+        task = asyncio.create_task(self._produce(request, produced, kept, remaining))
+        self._producers.add(task)
+        task.add_done_callback(self._producers.discard)
+
+        def abort(cause: errors.Ended) -> None:
+            if produced.cause is None:
+                produced.cause = cause
+            task.cancel()
+
+        kept.abort = abort
+        return kept
+
+    async def _produce(
+        self, request: pb.GenerateRequest, call: Call, kept: KeptStream, remaining: float | None
+    ) -> None:
+        resumes = self.resumes
+        task = asyncio.current_task()
+        assert task is not None
+        expiry = (
+            None
+            if remaining is None
+            else asyncio.get_running_loop().call_later(max(remaining, 0), task.cancel)
+        )
+        error: Exception | None = None
+        submitted = False
+        try:
+            async with self.generation(request, call) as gen:
+                submitted = True
+                resumes.submitted(kept, gen.progress)
+                request_id, progress, handle = gen.plan.request_id, gen.progress, gen.handle
+                flushes = self.flushes(gen)
+                async with aclosing(flushes):
+                    async for f in flushes:
+                        msg = messages.stream_message(request_id, f, progress, handle)
+                        await resumes.append(kept, msg)
+        except asyncio.CancelledError as cancel:
+            # Ours to end (an Abort, the grace, the deadline, the shutdown): the cause
+            # was decided once, and the task ends here rather than re-raising.
+            error = self.ending(call, cancel)
+            task.uncancel()
+        except Exception as caught:
+            error = caught
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+        if kept.progress is None:
+            kept.progress = call.progress
+        resumes.finish(kept, error, refused=not submitted)
+
+    @asynccontextmanager
+    async def following(self, kept: KeptStream, after: int, call: Call) -> AsyncIterator[Following]:
+        """Attach a door to ``kept`` (FAILED_PRECONDITION if one is) and follow it
+        after sequence ``after``. Leaving detaches it, whatever the reason (a client's
+        cancel cannot be told from a dropped connection on gRPC), except at the
+        shutdown's cut, which aborts it (``shutdown``)."""
+        resumes = self.resumes
+        resumes.attach(kept)
+        # Writes are this door's: its own clock for the stalled-reader watch.
+        watched = call.watched = self._watchdog.watch(kept.request_id)
+        follow = Following(resumes, kept, after, watched)
+        try:
+            async with aclosing(follow.messages):
+                yield follow
+        except BaseException as caught:
+            cause = self.ending(call, caught)
+            if isinstance(cause, errors.ShuttingDown) and kept.running:
+                kept.abort(cause)
+            raise
+        finally:
+            self._watchdog.forget(watched)
+            call.progress = kept.progress
+            resumes.detach(kept)
+
+    async def close_resumable(self) -> None:
+        """At the end of a drain: abort every generation still running (``shutdown``)
+        and wait for their tasks, so none outlives the engine."""
+        self.resumes.abort_all()
+        if self._producers:
+            await asyncio.wait(set(self._producers), timeout=5.0)
 
     def _abort(self, handle: GenerationHandle, call: Call, error: BaseException | None) -> None:
         """Abort an unfinished engine request and count it with its reason."""

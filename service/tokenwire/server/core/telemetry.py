@@ -28,7 +28,11 @@ from prometheus_client.registry import Collector
 from ..engines.base import EngineLoad
 
 AbortReason = str  # one of ABORT_REASONS
-ABORT_REASONS = ("cancelled", "deadline", "shutdown", "stalled", "error", "aborted")
+ABORT_REASONS = (
+    "cancelled", "deadline", "shutdown", "stalled", "error", "aborted", "detached",
+)  # fmt: skip
+# How a Resume (gRPC) or GET /v1/requests/{id}/events (HTTP) ended up.
+RESUME_OUTCOMES = ("resumed", "not_found", "conflict", "invalid")
 
 # Seconds; LLM latencies span milliseconds (a token) to minutes (a long answer).
 _LATENCY_BUCKETS = (
@@ -182,6 +186,10 @@ class Metrics:
         # Series exist from the start at 0, so rates and alerts work before the first event.
         self._aborts: Counter[str] = Counter(dict.fromkeys(ABORT_REASONS, 0))
         self._tokens = {"prompt": 0, "completion": 0}
+        # Resumable streams (core/resume.py keeps these up to date).
+        self.detached_streams = 0
+        self.resumes: Counter[str] = Counter(dict.fromkeys(RESUME_OUTCOMES, 0))
+        self.replayed_messages = 0
 
         def observe(
             values: Callable[[], Iterable[tuple[int | float, dict[str, str]]]],
@@ -230,6 +238,23 @@ class Metrics:
             "tokenwire_tokens",
             callbacks=[observe(lambda: [(n, {"kind": k}) for k, n in list(self._tokens.items())])],
             description="Prompt and completion tokens",
+        )
+        meter.create_observable_gauge(
+            "tokenwire_detached_streams",
+            callbacks=[observe(lambda: [(self.detached_streams, {})])],
+            description="Resumable streams kept with no client attached, within their grace",
+        )
+        meter.create_observable_counter(
+            "tokenwire_resumes",
+            callbacks=[
+                observe(lambda: [(n, {"outcome": o}) for o, n in list(self.resumes.items())])
+            ],
+            description="Attempts to resume a stream, by outcome",
+        )
+        meter.create_observable_counter(
+            "tokenwire_replayed_messages",
+            callbacks=[observe(lambda: [(self.replayed_messages, {})])],
+            description="Kept stream messages sent again to a client that resumed",
         )
         meter.create_observable_gauge(
             "tokenwire_engine_requests_in_flight",

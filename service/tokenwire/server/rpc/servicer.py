@@ -19,8 +19,9 @@ import grpc
 from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
-from ..core import coalescing, errors, messages, requests, sizes
+from ..core import coalescing, errors, messages, requests, resume, sizes
 from ..core.lifecycle import Call, Core
+from ..core.resume import KeptStream
 from .status import code_of, to_status
 
 log = logging.getLogger("tokenwire.server")
@@ -82,6 +83,13 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def Generate(  # type: ignore[override]  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest, context: Context
     ) -> None:
+        if request.stream.resume_grace_ms:  # resumable: see core/resume.py
+            async with self.rpc("Generate", context) as call:
+                grace_s = self.core.resumes.grace_of(request)
+                who = resume.identity(context.invocation_metadata())
+                kept = self.core.resumable(request, call, who, grace_s)
+                await self._follow(kept, 0, call, context)
+            return
         async with (
             self.rpc("Generate", context) as call,
             self.core.generation(request, call) as gen,
@@ -143,8 +151,20 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     async def Resume(  # type: ignore[override]  # noqa: N802
         self, request: pb.ResumeRequest, context: Context
     ) -> None:
-        # Resumable streams land in slices: until then there is nothing to resume.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Resume is not served yet")
+        async with self.rpc("Resume", context) as call:
+            who = resume.identity(context.invocation_metadata())
+            after = request.after_sequence
+            kept = self.core.resumes.find(request.request_id, who, after)
+            await self._follow(kept, after, call, context)
+
+    async def _follow(self, kept: KeptStream, after: int, call: Call, context: Context) -> None:
+        """Write a resumable call's kept messages after ``after``, then its live ones."""
+        async with self.core.following(kept, after, call) as follow:
+            watched = follow.watched
+            async for msg in follow.messages:
+                watched.write_since = time.monotonic()
+                await context.write(msg)
+                watched.write_since = None
 
     async def Tokenize(  # noqa: N802
         self, request: pb.TokenizeRequest, context: Context
