@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions, /v1/completions   OpenAI JSON; SSE when "stream": true
     POST /v1/generate                            GenerateRequest (JSON mapping) -> NDJSON
+    GET  /v1/requests/{id}/events                a resumable stream again (docs/resume.md)
     GET  /v1/models, /health, /metrics, /        model list, health, Prometheus, playground
 
 Each generation route is a few lines on ``core.lifecycle``, as each RPC is: the
@@ -34,8 +35,9 @@ from ..core import coalescing, errors, messages, sizes
 from ..core.auth import ApiKeys
 from ..core.lifecycle import Call, Core, Generation
 from ..core.requests import MAX_REQUEST_ID_LENGTH
+from ..core.resume import KeptStream
 from ..core.watchdog import Watched
-from . import asgi, framing, openai_request
+from . import asgi, framing, openai_request, resume
 from .asgi import Receive, Scope, Send
 from .openai_request import OpenAIRequest
 from .openai_response import Answer, usage_body
@@ -81,6 +83,8 @@ class HttpDoor:
         path, method = scope["path"], scope["method"]
         handler = self._routes.get((method, path))
         route = path if handler is not None else "unknown"
+        if handler is None and method == "GET" and resume.events_id(path) is not None:
+            handler, route = self._events, resume.EVENTS_ROUTE
         status = 500
         try:
             if handler is None:
@@ -115,6 +119,9 @@ class HttpDoor:
             parsed.request.request_id = state.request_id
             # A whole answer is built in memory: bound it as gRPC's Complete is.
             limit = None if parsed.stream else self._body_limit
+            if parsed.stream and parsed.request.stream.resume_grace_ms:
+                await self._resumable(scope, s, call, parsed.request, state, parsed)
+                return
             async with self._core.generation(parsed.request, call, whole_limit=limit) as gen:
                 # The model the client asked for: an adapter answers under its own name.
                 model = gen.plan.template.adapter or self._core.engine.description.name
@@ -136,12 +143,90 @@ class HttpDoor:
             if not request.request_id:
                 request.request_id = state.request_id
             state.request_id = request.request_id
+            if request.stream.resume_grace_ms:
+                await self._resumable(scope, send, call, request, state, None)
+                return
             async with self._core.generation(request, call) as gen:
                 await asgi.start_stream(send, framing.NDJSON_CONTENT_TYPE, state.echo())
                 state.started = True
                 await self._ndjson(send, gen)
 
         return await self._generation(scope, receive, send, run, framing.NDJSON_CONTENT_TYPE)
+
+    async def _events(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """``GET /v1/requests/{id}/events``: a resumable stream's kept messages after
+        the client's ``Last-Event-ID`` (or ``?starting_after``), then the live ones."""
+        request_id = resume.events_id(scope["path"]) or ""
+
+        async def run(call: Call, body: bytes, state: _State) -> None:
+            state.request_id = request_id
+            after, param = resume.after_of(scope)
+            who = resume.identity_of(scope)
+            try:
+                kept = self._core.resumes.find(request_id, who, after)
+            except errors.InvalidArgument as error:
+                raise errors.InvalidArgument(param, error.description) from None
+            await self._follow(send, call, kept, after, state, sse=True)
+
+        # One route label (and span name) for every id.
+        labelled = {**scope, "path": resume.EVENTS_ROUTE}
+        return await self._generation(labelled, receive, send, run, framing.SSE_CONTENT_TYPE)
+
+    async def _resumable(
+        self,
+        scope: Scope,
+        send: Send,
+        call: Call,
+        request: pb.GenerateRequest,
+        state: _State,
+        parsed: OpenAIRequest | None,
+    ) -> None:
+        """A resumable stream (docs/resume.md): generated in a task of the core's own,
+        sent as SSE events with ids, kept for the grace should the connection end."""
+        core = self._core
+        grace_s = core.resumes.grace_of(request)
+        request.request_id = state.request_id
+        who = resume.identity_of(scope)
+        kept = core.resumable(request, call, who, grace_s)
+        model = request.model or core.engine.description.name
+        kept.origin = resume.Origin(parsed, model, int(time.time()))
+        await self._follow(send, call, kept, 0, state, sse=parsed is not None)
+
+    async def _follow(
+        self, send: Send, call: Call, kept: KeptStream, after: int, state: _State, sse: bool
+    ) -> None:
+        """Send ``kept``'s messages after ``after``: SSE events with ids, or (for
+        /v1/generate) NDJSON lines, each carrying its ``sequence``."""
+        origin = kept.origin
+        if not isinstance(origin, resume.Origin):
+            origin = resume.Origin(None, self._core.engine.description.name)  # came by gRPC
+        async with self._core.following(kept, after, call) as follow:
+            await follow.submitted()  # a refusal is still an HTTP status
+            progress = kept.progress
+            n = 1 if progress is None else len(progress.counts)
+            render = resume.Renderer(origin, kept.request_id, n)
+            out = _Writer(send, follow.watched)
+            if not sse:
+                await asgi.start_stream(send, framing.NDJSON_CONTENT_TYPE, state.echo())
+                state.started = True
+                async for msg in follow.messages:
+                    data = json_format.MessageToJson(msg, indent=None).encode()
+                    await out.part(framing.ndjson_line(data))
+                await out.end()
+                return
+            await asgi.start_stream(send, framing.SSE_CONTENT_TYPE, state.echo())
+            state.started = True
+            keepalive = _Keepalive(out, self._keepalive_s)
+            try:
+                opening = render.opening(after)
+                if opening:
+                    await out.part(opening)
+                async for msg in follow.messages:
+                    await out.part(render.message(msg))
+            finally:
+                keepalive.stop()
+        await out.part(framing.SSE_DONE)
+        await out.end()
 
     async def _generation(
         self,

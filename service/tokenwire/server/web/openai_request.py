@@ -170,6 +170,11 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
             if delay < 0:
                 raise InvalidArgument("stream_options.max_batch_delay_ms", "must not be negative")
             req.stream.max_batch_delay_ms = delay
+        grace = _int(options, "resume_grace_ms", "stream_options.resume_grace_ms")
+        if grace is not None:  # resumable (docs/resume.md); the cap is the core's check
+            if not 0 <= grace < 2**32:
+                raise InvalidArgument("stream_options.resume_grace_ms", "must not be negative")
+            req.stream.resume_grace_ms = grace
     token_ids = bool(_bool(body, "return_token_ids"))
     return OpenAIRequest(kind, req, stream, include_usage, logprobs, top, token_ids, params)
 

@@ -59,11 +59,14 @@ class Answer:
         "_top",
     )
 
-    def __init__(self, parsed: OpenAIRequest, request_id: str, model: str, n: int) -> None:
+    def __init__(
+        self, parsed: OpenAIRequest, request_id: str, model: str, n: int, created: int = 0
+    ) -> None:
         self._chat = parsed.kind == "chat"
         self._id = ("chatcmpl-" if self._chat else "cmpl-") + request_id
         self._object = "chat.completion.chunk" if self._chat else "text_completion"
-        self._created = int(time.time())
+        # A resumed stream's chunks say when the request was made (docs/resume.md).
+        self._created = created or int(time.time())
         self._model = model
         self._n = n
         self._logprobs = parsed.logprobs
