@@ -87,6 +87,7 @@ defaults
     log global
     option httplog
     option dontlognull
+    option abortonclose
     timeout connect {t.connect}ms
     timeout client {t.client}ms
     timeout server {t.server}ms

@@ -59,7 +59,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
-from . import listeners
+from . import connections, listeners
 from .core.admission import Admission
 from .core.auth import ApiKeys
 from .core.lifecycle import SERVICE, Core
@@ -100,18 +100,7 @@ def _channel_options(settings: Settings) -> tuple[tuple[str, int], ...]:
     # message) to max_message_bytes itself, with a status that says so, and a grpc
     # cap would fail a large Generate message with an opaque error instead.
     options = (*_CHANNEL_OPTIONS, ("grpc.max_receive_message_length", settings.max_message_bytes))
-    if not settings.max_connection_age_s:
-        return options
-    # Behind an L4 balancer a long-lived HTTP/2 connection pins a client to one
-    # pod; closing connections now and then (GOAWAY, live streams finish within
-    # the grace) lets clients reconnect and spread out.
-    age_ms = int(settings.max_connection_age_s * 1000)
-    grace_ms = int(settings.shutdown_grace_s * 1000)
-    return (
-        *options,
-        ("grpc.max_connection_age_ms", age_ms),
-        ("grpc.max_connection_age_grace_ms", grace_ms),
-    )
+    return (*options, *connections.grpc_options(settings))
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -190,7 +179,7 @@ class Server:
                 settings.max_message_bytes,
                 settings.http_keepalive_s,
             )
-            self._http_listener = HttpListener(self.http)
+            self._http_listener = HttpListener(self.http, settings)
         self._monitor: asyncio.Task[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
         self.port = 0

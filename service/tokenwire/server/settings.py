@@ -107,6 +107,25 @@ class Settings(BaseSettings):
     max_connection_age_s: float = Field(
         0, ge=0, description="Close connections after this long (rebalancing); 0 = never."
     )
+    max_connection_age_grace_s: float | None = Field(
+        None,
+        ge=0,
+        description="After --max-connection-age-s, how long live streams may run on before "
+        "the connection is cut; default: --shutdown-grace-s.",
+    )
+    keepalive_time_s: float = Field(
+        30.0,
+        ge=0,
+        description="A peer that vanished is found: gRPC pings after this long without "
+        "reads, the HTTP door's TCP keepalive probes after this long idle; 0 = never.",
+    )
+    keepalive_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="With --keepalive-time-s: a peer that leaves a ping (gRPC) or its "
+        "sent data or keepalive probes (HTTP, TCP_USER_TIMEOUT) unanswered this long is "
+        "gone, and its requests are aborted.",
+    )
 
     # Security.
     tls_cert: FilePath | None = Field(None, description="PEM certificate chain: serve TLS.")

@@ -26,13 +26,16 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from .. import connections
 from ..core.auth import WatchedFiles
+from ..settings import Settings
 
 log = logging.getLogger("tokenwire.server")
 
 
 class HttpListener:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, settings: Settings | None = None) -> None:
+        self._settings = settings
         self._config = uvicorn.Config(
             app,
             http="httptools",
@@ -66,6 +69,9 @@ class HttpListener:
         self._server = await loop.create_server(
             self._protocol, host=host, port=port, ssl=context, backlog=2048, start_serving=False
         )
+        if self._settings is not None:
+            for sock in self._server.sockets:
+                connections.tcp_keepalive(sock, self._settings)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def serve(self) -> None:
