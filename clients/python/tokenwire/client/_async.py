@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
@@ -15,7 +16,7 @@ from tokenwire.client import _convert
 from tokenwire.client._base import BaseClient
 from tokenwire.client._errors import from_rpc_error
 from tokenwire.client._models import Chunk, Completion, ModelInfo, Tokenization
-from tokenwire.client._stream import BaseStream
+from tokenwire.client._stream import BaseStream, Reconnects, make_resumable
 from tokenwire.client._types import GenerateOptions, Messages
 from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc
@@ -23,6 +24,7 @@ from tokenwire.v1 import generation_pb2_grpc
 if TYPE_CHECKING:
     from tokenwire.v1.generation_pb2_grpc import GenerationServiceAsyncStub
 
+_Call = grpc.aio.UnaryStreamCall[Any, pb.GenerateResponse]
 AsyncOnToken = Callable[[Chunk], object]
 """Called with each chunk; may be a coroutine function, whose result is awaited."""
 _Request = TypeVar("_Request")
@@ -43,30 +45,63 @@ class AsyncStream(BaseStream):
     Leaving an ``async for`` loop before the end (``break``, an exception, the task
     being cancelled) cancels the call, and so does leaving the ``async with`` block:
     each ``aiter(stream)`` owns the call until it is exhausted or dropped.
+
+    A resumable stream (``resumable=True``) that breaks resumes on its own, within
+    its grace; its ``cancel()`` also aborts the generation on the server.
     """
 
     def __init__(
         self,
-        call: grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse],
+        call: _Call,
         request_id: str,
         on_token: AsyncOnToken | None = None,
+        resume: Callable[[int], _Call] | None = None,
+        abort: Callable[[], object] | None = None,
+        grace_s: float = 0.0,
     ) -> None:
         super().__init__(request_id)
         self._call = call
         self._on_token = on_token
+        self._resume = resume  # Resume after a sequence: a new call
+        self._abort = abort
+        self._reconnects = Reconnects(grace_s)
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return _Chunks(self)
 
     async def _next(self) -> Chunk | None:
         """The next chunk, or None once the call ended (or was cancelled here)."""
-        if self._done:
-            return None
+        while True:
+            if self._done:
+                return None
+            response = await self._read()
+            if response is None:
+                return None
+            if not self._seen(response):
+                break
+        self._reconnects.ok()
+        chunk = self._record(response)
+        if self._on_token is not None:
+            result = self._on_token(chunk)
+            if inspect.isawaitable(result):
+                await result
+        return chunk
+
+    async def _read(self) -> pb.GenerateResponse | None:
+        """The call's next response, resuming a broken resumable call; None at the end."""
         try:
             response = await self._call.read()
         except grpc.RpcError as exc:
-            self._end()
-            raise from_rpc_error(exc) from exc
+            pause = None if self._resume is None else self._reconnects.delay(exc)
+            if pause is None or self._resume is None:
+                self._end()
+                raise from_rpc_error(exc, resume=self._resuming) from exc
+            await asyncio.sleep(pause)  # backoff: the server or the path to it is coming back
+            if self._cancelled:
+                return None
+            self._call = self._resume(self._last_sequence)
+            self._resuming = True
+            return await self._read()
         except asyncio.CancelledError:
             # grpc.aio raises CancelledError both after our own cancel() and when the
             # task itself is cancelled; only the first ends the stream quietly.
@@ -77,12 +112,7 @@ class AsyncStream(BaseStream):
         if not isinstance(response, pb.GenerateResponse):  # grpc.aio.EOF
             self._end()
             return None
-        chunk = self._record(response)
-        if self._on_token is not None:
-            result = self._on_token(chunk)
-            if inspect.isawaitable(result):
-                await result
-        return chunk
+        return response
 
     def cancel(self) -> None:
         """Cancel the call (the server aborts the generation); a no-op once it ended.
@@ -94,6 +124,8 @@ class AsyncStream(BaseStream):
             return
         self._end(cancelled=True)
         self._call.cancel()
+        if self._abort is not None:
+            self._abort()  # a cancel alone would only detach a resumable stream
 
     async def collect(self) -> Completion:
         """Read the rest of the stream and return the whole generation."""
@@ -140,6 +172,11 @@ class _Chunks:
         self._stream.cancel()
 
 
+async def _quietly(call: Awaitable[object]) -> None:
+    with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
+        await call
+
+
 # GenerationServiceAsyncStub exists for type checkers only: at run time the stub class
 # is the same for both kinds of channel, hence the string.
 class AsyncClient(BaseClient[grpc.aio.Channel, "GenerationServiceAsyncStub"]):
@@ -170,6 +207,8 @@ class AsyncClient(BaseClient[grpc.aio.Channel, "GenerationServiceAsyncStub"]):
         token_ids: Sequence[int] | None = None,
         timeout: float | None = None,
         on_token: AsyncOnToken | None = None,
+        resumable: bool = False,
+        resume_grace_s: float | None = None,
         **options: Unpack[GenerateOptions],
     ) -> AsyncStream:
         """Start generating from one of `prompt`, `messages` or `token_ids`.
@@ -178,10 +217,15 @@ class AsyncClient(BaseClient[grpc.aio.Channel, "GenerationServiceAsyncStub"]):
         or ``await`` it to read it to the end, calling ``on_token(chunk)`` (a function
         or coroutine function) for each chunk. Options: see `GenerateOptions`; those
         left out keep the server's defaults. `timeout` (seconds) bounds the whole call.
+
+        ``resumable=True`` (or ``resume_grace_s=``, default 30 s): the server keeps the
+        stream for that long after a broken connection, and the stream resumes on its
+        own when its call breaks (docs/resume.md); `timeout` bounds each call.
         """
         request = _convert.generate_request(prompt, messages, token_ids, options)
+        grace_s = make_resumable(request, resumable, resume_grace_s)
         call = self._rpc.Generate(request, **self._call_options(timeout))
-        return AsyncStream(call, request.request_id, on_token)
+        return self._stream(call, request.request_id, on_token, grace_s, timeout)
 
     def chat(
         self,
@@ -189,11 +233,79 @@ class AsyncClient(BaseClient[grpc.aio.Channel, "GenerationServiceAsyncStub"]):
         *,
         timeout: float | None = None,
         on_token: AsyncOnToken | None = None,
+        resumable: bool = False,
+        resume_grace_s: float | None = None,
         **options: Unpack[GenerateOptions],
     ) -> AsyncStream:
         """Stream the assistant's reply to a conversation, rendered with the model's
         chat template: ``client.chat([("user", "Hi!")], max_tokens=32)``."""
-        return self.generate(messages=messages, timeout=timeout, on_token=on_token, **options)
+        return self.generate(
+            messages=messages,
+            timeout=timeout,
+            on_token=on_token,
+            resumable=resumable,
+            resume_grace_s=resume_grace_s,
+            **options,
+        )
+
+    def resume(
+        self,
+        request_id: str,
+        after_sequence: int = 0,
+        *,
+        timeout: float | None = None,
+        resume_grace_s: float = 0.0,
+    ) -> AsyncStream:
+        """Attach to a resumable request another stream (or process) started: its
+        messages after `after_sequence`, then the live ones. With `resume_grace_s`
+        this stream too resumes on its own when it breaks."""
+        call = self._resume_call(request_id, after_sequence, timeout)
+        stream = self._stream(call, request_id, None, resume_grace_s, timeout)
+        stream._last_sequence = after_sequence
+        stream._resuming = True
+        return stream
+
+    async def abort(self, *request_ids: str, timeout: float | None = None) -> list[str]:  # noqa: ASYNC109
+        """End the named live requests at once; returns the ids that were live."""
+        request = pb.AbortRequest(request_ids=request_ids)
+        return list((await self._unary(self._rpc.Abort, request, timeout)).aborted)
+
+    def _stream(
+        self,
+        call: _Call,
+        request_id: str,
+        on_token: AsyncOnToken | None,
+        grace_s: float,
+        timeout: float | None,
+    ) -> AsyncStream:
+        if not grace_s:
+            return AsyncStream(call, request_id, on_token)
+        return AsyncStream(
+            call,
+            request_id,
+            on_token,
+            resume=lambda after: self._resume_call(request_id, after, timeout),
+            abort=lambda: self._abort_soon(request_id),
+            grace_s=grace_s,
+        )
+
+    def _resume_call(self, request_id: str, after: int, timeout: float | None) -> _Call:
+        request = pb.ResumeRequest(request_id=request_id, after_sequence=after)
+        return self._rpc.Resume(request, **self._call_options(timeout))
+
+    def _abort_soon(self, request_id: str) -> None:
+        """Abort from a plain function (``cancel()``): a task, kept until it is done;
+        best effort, since the grace frees the request anyway."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._closed:
+            return
+        call = self._rpc.Abort(pb.AbortRequest(request_ids=[request_id]), **self._call_options(1.0))
+        task = loop.create_task(_quietly(call))
+        self._aborts.add(task)
+        task.add_done_callback(self._aborts.discard)
 
     async def complete(
         self,

@@ -67,6 +67,7 @@ class BaseClient(Generic[_Channel, _Stub], abc.ABC):
         self._channel: _Channel | None = None
         self._stub: _Stub | None = None
         self._closed = False
+        self._aborts: set[Any] = set()  # Abort calls under way for cancelled streams
 
     @abc.abstractmethod
     def _connect(self) -> tuple[_Channel, _Stub]:

@@ -5,6 +5,8 @@ The tree, with the gRPC status codes that map to each class::
     TokenwireError                 .code (grpc.StatusCode), .details (str)
     ├── InvalidRequest             INVALID_ARGUMENT, OUT_OF_RANGE; .field_violations
     ├── ModelNotFound              NOT_FOUND: `model` is not the served model
+    ├── NotResumable               NOT_FOUND from Resume: unknown id, grace over, other key
+    ├── StreamAttached             FAILED_PRECONDITION: another stream follows that request
     ├── RequestIdInUse             ALREADY_EXISTS: a live request has this request_id
     ├── ResourceExhausted          RESOURCE_EXHAUSTED without a retry hint: a request or
     │   │                          answer over the message limit, a reader that stalled
@@ -100,6 +102,15 @@ class Unavailable(TokenwireError):
     """The server cannot take the call now: unreachable, not ready, or shutting down."""
 
 
+class NotResumable(TokenwireError):
+    """Resume found nothing to attach to: an unknown request id, its grace is over,
+    or another API key started it (docs/resume.md)."""
+
+
+class StreamAttached(TokenwireError):
+    """Resume was refused: another stream is attached to that request."""
+
+
 class DeadlineExceeded(TokenwireError):
     """The call's deadline passed; the server aborted the generation."""
 
@@ -120,13 +131,17 @@ _CLASS_BY_CODE: dict[grpc.StatusCode, type[TokenwireError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.FAILED_PRECONDITION: StreamAttached,
 }
 
 
-def from_rpc_error(error: grpc.RpcError) -> TokenwireError:
-    """The `TokenwireError` for a failed call (a sync or an aio `grpc.RpcError`)."""
+def from_rpc_error(error: grpc.RpcError, resume: bool = False) -> TokenwireError:
+    """The `TokenwireError` for a failed call (a sync or an aio `grpc.RpcError`);
+    ``resume``: the call was a Resume, whose NOT_FOUND is about the request id."""
     code: grpc.StatusCode = error.code()
     details: str = error.details() or ""
+    if resume and code == grpc.StatusCode.NOT_FOUND:
+        return NotResumable(code, details)
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
         violations = tuple(
             FieldViolation(violation.field, violation.description)

@@ -3,11 +3,19 @@
 The sync and async streams differ only in how they read the next response; both
 record every response here, so that the text so far, the token count and the rate
 read the same on either.
+
+A resumable stream (``generate(..., resumable=True)``, docs/resume.md) also
+remembers the last ``sequence`` it received; when its call breaks (UNAVAILABLE, a
+reset) it calls ``Resume`` after that sequence, with bounded retries and backoff
+within the grace, so the loop that reads it sees each message once and no break.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+
+import grpc
 
 from tokenwire.client import _convert
 from tokenwire.client._models import (
@@ -21,6 +29,71 @@ from tokenwire.client._models import (
 )
 from tokenwire.client._types import FinishReason
 from tokenwire.v1 import generation_pb2 as pb
+
+DEFAULT_RESUME_GRACE_S = 30.0
+"""The grace a ``resumable=True`` stream asks for when no ``resume_grace_s`` is given."""
+
+_MAX_RECONNECTS = 10  # tries per break; the grace bounds them too
+_FIRST_DELAY_S = 0.05
+_MAX_DELAY_S = 1.0
+
+
+def make_resumable(
+    request: pb.GenerateRequest, resumable: bool, resume_grace_s: float | None
+) -> float:
+    """Ask the server to keep the stream for a resume; returns the grace (0: not
+    resumable). The request gets an id now, so that it can be resumed before its
+    first message has come."""
+    if resume_grace_s is None:
+        if not resumable:
+            return 0.0
+        resume_grace_s = DEFAULT_RESUME_GRACE_S
+    if resume_grace_s <= 0:
+        raise ValueError("resume_grace_s must be positive")
+    request.stream.resume_grace_ms = max(1, round(resume_grace_s * 1000))
+    if not request.request_id:
+        request.request_id = uuid.uuid4().hex
+    return resume_grace_s
+
+
+class Reconnects:
+    """When a broken resumable stream tries again: for a connection that broke
+    (UNAVAILABLE, a reset stream), and while reconnecting also for a server that
+    has not yet seen the old stream go (FAILED_PRECONDITION); each try after a
+    growing pause, at most ``_MAX_RECONNECTS`` of them, all within the grace."""
+
+    __slots__ = ("_broke_at", "_tries", "grace_s")
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._broke_at: float | None = None
+        self._tries = 0
+
+    def delay(self, error: grpc.RpcError) -> float | None:
+        """Seconds to wait before the next Resume, or None to give up."""
+        code: grpc.StatusCode = error.code()
+        details: str = error.details() or ""
+        broken = code is grpc.StatusCode.UNAVAILABLE or (
+            code is grpc.StatusCode.INTERNAL and "RST_STREAM" in details
+        )
+        if self._broke_at is not None and code is grpc.StatusCode.FAILED_PRECONDITION:
+            broken = True
+        if not broken or self._tries >= _MAX_RECONNECTS:
+            return None
+        now = time.monotonic()
+        if self._broke_at is None:
+            self._broke_at = now
+        left = self._broke_at + self.grace_s - now
+        if left <= 0:
+            return None
+        pause: float = min(_FIRST_DELAY_S * 2.0**self._tries, _MAX_DELAY_S, left)
+        self._tries += 1
+        return pause
+
+    def ok(self) -> None:
+        """A message came: the next break starts afresh."""
+        self._broke_at = None
+        self._tries = 0
 
 
 class _Sequence:
@@ -62,6 +135,8 @@ class BaseStream:
         self._last_chunk_at: float | None = None
         self._done = False
         self._cancelled = False
+        self._last_sequence = 0  # of a resumable call: where a Resume picks up
+        self._resuming = False  # the current call is a Resume
 
     @property
     def request_id(self) -> str:
@@ -142,6 +217,21 @@ class BaseStream:
             usage=self._usage,
             timing=self._timing,
         )
+
+    @property
+    def last_sequence(self) -> int:
+        """The newest message's ``sequence`` on a resumable call (0 before any)."""
+        return self._last_sequence
+
+    def _seen(self, response: pb.GenerateResponse) -> bool:
+        """A resumed call's message this stream already has (never on a plain call)."""
+        sequence = response.sequence
+        if not sequence:
+            return False
+        if sequence <= self._last_sequence:
+            return True
+        self._last_sequence = sequence
+        return False
 
     def _record(self, response: pb.GenerateResponse) -> Chunk:
         now = time.perf_counter()

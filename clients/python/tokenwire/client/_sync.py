@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Protocol, TypeVar, Unpack
@@ -12,7 +14,7 @@ from tokenwire.client import _convert
 from tokenwire.client._base import BaseClient
 from tokenwire.client._errors import from_rpc_error
 from tokenwire.client._models import Chunk, Completion, ModelInfo, Tokenization
-from tokenwire.client._stream import BaseStream
+from tokenwire.client._stream import BaseStream, Reconnects, make_resumable
 from tokenwire.client._types import GenerateOptions, Messages
 from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc
@@ -42,14 +44,26 @@ class Stream(BaseStream):
     and so does leaving the ``with`` block: each ``iter(stream)`` owns the call until
     it is exhausted or dropped. To read a first chunk and go on later, keep the
     iterator: ``chunks = iter(stream); first = next(chunks)``.
+
+    A resumable stream (``resumable=True``) that breaks resumes on its own, within
+    its grace; its ``cancel()`` also aborts the generation on the server.
     """
 
     def __init__(
-        self, call: _ResponseIterator, request_id: str, on_token: OnToken | None = None
+        self,
+        call: _ResponseIterator,
+        request_id: str,
+        on_token: OnToken | None = None,
+        resume: Callable[[int], _ResponseIterator] | None = None,
+        abort: Callable[[], object] | None = None,
+        grace_s: float = 0.0,
     ) -> None:
         super().__init__(request_id)
         self._call = call
         self._on_token = on_token
+        self._resume = resume  # Resume after a sequence: a new call
+        self._abort = abort
+        self._reconnects = Reconnects(grace_s)
 
     def __iter__(self) -> Iterator[Chunk]:
         try:
@@ -63,8 +77,13 @@ class Stream(BaseStream):
                     if self._cancelled:
                         # cancel() was called, maybe from another thread: end quietly.
                         return
+                    if self._reconnect(exc):
+                        continue
                     self._end()
-                    raise from_rpc_error(exc) from exc
+                    raise from_rpc_error(exc, resume=self._resuming) from exc
+                if self._seen(response):
+                    continue
+                self._reconnects.ok()
                 chunk = self._record(response)
                 if self._on_token is not None:
                     self._on_token(chunk)
@@ -73,16 +92,33 @@ class Stream(BaseStream):
             # Reached with the call still live only when the loop was left early.
             self.cancel()
 
+    def _reconnect(self, error: grpc.RpcError) -> bool:
+        """Resume a broken resumable call after a pause; False: give up on it."""
+        if self._resume is None:
+            return False
+        pause = self._reconnects.delay(error)
+        if pause is None:
+            return False
+        time.sleep(pause)  # backoff: the server or the path to it is coming back
+        if self._cancelled:
+            return False
+        self._call = self._resume(self._last_sequence)
+        self._resuming = True
+        return True
+
     def cancel(self) -> None:
         """Cancel the call (the server aborts the generation); a no-op once it ended.
 
         Safe from another thread or a signal handler: a loop reading the stream then
-        ends quietly, and unfinished sequences get finish_reason "cancelled".
+        ends quietly, and unfinished sequences get finish_reason "cancelled". On a
+        resumable stream a cancel alone would only detach it: it is aborted too.
         """
         if self._done:
             return
         self._end(cancelled=True)
         self._call.cancel()
+        if self._abort is not None:
+            self._abort()
 
     def collect(self) -> Completion:
         """Read the rest of the stream and return the whole generation."""
@@ -130,6 +166,8 @@ class Client(BaseClient[grpc.Channel, generation_pb2_grpc.GenerationServiceStub]
         token_ids: Sequence[int] | None = None,
         timeout: float | None = None,
         on_token: OnToken | None = None,
+        resumable: bool = False,
+        resume_grace_s: float | None = None,
         **options: Unpack[GenerateOptions],
     ) -> Stream:
         """Start generating from one of `prompt`, `messages` or `token_ids`.
@@ -138,10 +176,25 @@ class Client(BaseClient[grpc.Channel, generation_pb2_grpc.GenerationServiceStub]
         the whole stream first, calling ``on_token(chunk)`` for each chunk, and returns
         it finished. Options: see `GenerateOptions`; those left out keep the server's
         defaults. `timeout` (seconds) bounds the whole call.
+
+        ``resumable=True`` (or ``resume_grace_s=``, default 30 s): the server keeps the
+        stream for that long after a broken connection, and the stream resumes on its
+        own when its call breaks (docs/resume.md); `timeout` bounds each call.
         """
         request = _convert.generate_request(prompt, messages, token_ids, options)
+        grace_s = make_resumable(request, resumable, resume_grace_s)
         call = self._rpc.Generate(request, **self._call_options(timeout))
-        stream = Stream(call, request.request_id, on_token)
+        request_id = request.request_id
+        stream = Stream(
+            call,
+            request_id,
+            on_token,
+            resume=(lambda after: self._resume_call(request_id, after, timeout))
+            if grace_s
+            else None,
+            abort=(lambda: self._abort_quietly(request_id)) if grace_s else None,
+            grace_s=grace_s,
+        )
         if on_token is not None:
             stream.collect()
         return stream
@@ -152,11 +205,60 @@ class Client(BaseClient[grpc.Channel, generation_pb2_grpc.GenerationServiceStub]
         *,
         timeout: float | None = None,
         on_token: OnToken | None = None,
+        resumable: bool = False,
+        resume_grace_s: float | None = None,
         **options: Unpack[GenerateOptions],
     ) -> Stream:
         """Stream the assistant's reply to a conversation, rendered with the model's
         chat template: ``client.chat([("user", "Hi!")], max_tokens=32)``."""
-        return self.generate(messages=messages, timeout=timeout, on_token=on_token, **options)
+        return self.generate(
+            messages=messages,
+            timeout=timeout,
+            on_token=on_token,
+            resumable=resumable,
+            resume_grace_s=resume_grace_s,
+            **options,
+        )
+
+    def resume(
+        self,
+        request_id: str,
+        after_sequence: int = 0,
+        *,
+        timeout: float | None = None,
+        resume_grace_s: float = 0.0,
+    ) -> Stream:
+        """Attach to a resumable request another stream (or process) started: its
+        messages after `after_sequence`, then the live ones. With `resume_grace_s`
+        this stream too resumes on its own when it breaks."""
+        call = self._resume_call(request_id, after_sequence, timeout)
+        stream = Stream(
+            call,
+            request_id,
+            resume=(lambda after: self._resume_call(request_id, after, timeout))
+            if resume_grace_s
+            else None,
+            abort=(lambda: self._abort_quietly(request_id)) if resume_grace_s else None,
+            grace_s=resume_grace_s,
+        )
+        stream._last_sequence = after_sequence
+        stream._resuming = True
+        return stream
+
+    def abort(self, *request_ids: str, timeout: float | None = None) -> list[str]:
+        """End the named live requests at once; returns the ids that were live."""
+        request = pb.AbortRequest(request_ids=request_ids)
+        return list(self._unary(self._rpc.Abort, request, timeout).aborted)
+
+    def _resume_call(self, request_id: str, after: int, timeout: float | None) -> _ResponseIterator:
+        request = pb.ResumeRequest(request_id=request_id, after_sequence=after)
+        return self._rpc.Resume(request, **self._call_options(timeout))
+
+    def _abort_quietly(self, request_id: str) -> None:
+        """Best effort: the grace frees it anyway if the server cannot be reached."""
+        # Unreachable, or the client is closed: nothing more to do.
+        with contextlib.suppress(grpc.RpcError, RuntimeError):
+            self._rpc.Abort(pb.AbortRequest(request_ids=[request_id]), **self._call_options(1.0))
 
     def complete(
         self,

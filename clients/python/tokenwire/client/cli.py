@@ -35,6 +35,7 @@ from tokenwire.client import (
     TokenwireError,
 )
 from tokenwire.client._cli_output import print_stream
+from tokenwire.client._stream import DEFAULT_RESUME_GRACE_S
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -79,13 +80,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
 def _generate(client: Client, args: argparse.Namespace) -> int:
     # Like "$(cat file)" in a shell, drop the newline(s) that end the input.
     prompt = sys.stdin.read().rstrip("\n") if args.prompt == "-" else args.prompt
-    return _print(client.generate(prompt, **_options(args)), args)
+    return _print(
+        client.generate(prompt, resume_grace_s=_resume_grace(args), **_options(args)), args
+    )
 
 
 def _chat(client: Client, args: argparse.Namespace) -> int:
     messages: list[Message] = [("system", args.system)] if args.system else []
     messages.append(("user", args.message))
-    return _print(client.chat(messages, **_options(args)), args)
+    return _print(client.chat(messages, resume_grace_s=_resume_grace(args), **_options(args)), args)
 
 
 def _print(stream: Stream, args: argparse.Namespace) -> int:
@@ -141,6 +144,14 @@ _GENERATION_FLAGS = (
     "model",
     "request_id",
 )
+
+
+def _resume_grace(args: argparse.Namespace) -> float | None:
+    """--resumable / --resume-grace-s: the stream survives a broken connection."""
+    grace: float | None = args.resume_grace_s
+    if grace is None and args.resumable:
+        grace = DEFAULT_RESUME_GRACE_S
+    return grace
 
 
 def _options(args: argparse.Namespace) -> GenerateOptions:
@@ -275,6 +286,18 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
     )
     add("--model", help="must name the served model (default: the served model)")
     add("--request-id", help="echoed on every response (default: one the server assigns)")
+    add(
+        "--resumable",
+        action="store_true",
+        help="when the connection breaks, resume the stream where it was (the server keeps "
+        f"it {DEFAULT_RESUME_GRACE_S:g} s; docs/resume.md) (default: off)",
+    )
+    add(
+        "--resume-grace-s",
+        type=_positive_float,
+        metavar="S",
+        help="--resumable, with the server keeping the stream this long (default: off)",
+    )
     add(
         "--stats",
         action="store_true",
