@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import grpc
 import pytest
@@ -223,6 +224,11 @@ async def test_500_detached_streams_stay_within_the_store_bound(make_server):
         assert resumes.bytes <= total + 1024  # at most one message over, just before eviction
         await asyncio.sleep(0.01)
     assert peak > total // 2  # the bound was what held it, not a lack of messages
+    # What the count says is what Python holds for the kept messages (no more).
+    held = sum(
+        sys.getsizeof(data) + 56 + 8 for kept in resumes.streams() for data, _ in kept.messages
+    )
+    assert held <= resumes.bytes
     assert _evicted(server) > 0  # the oldest detached ones gave way
     # Each one once, kept or evicted; the engine runs the kept ones only. (An
     # eviction's abort lands when its task runs next: polled, bounded.)

@@ -12,7 +12,11 @@ stops the timer; when it fires, a running generation is aborted (``detached``)
 and the stream is forgotten. A finished stream is kept for its grace after its
 end too, so that a client that lost the last messages can still fetch them.
 
-Bounds, in bytes of serialized messages:
+Messages are kept serialized (a protobuf object costs about 2 KB of Python heap
+per message, its bytes a few dozen), and parsed again for a door that reads one
+it did not get live. Bounds, in bytes of serialized messages plus
+``MESSAGE_OVERHEAD`` each (the bytes object, its tuple and deque slot), so that
+they bound what the process holds:
 
 - per stream (``--resume-request-bytes``): messages already written to an
   attached stream are let go, oldest first, once the stream keeps more than
@@ -44,6 +48,9 @@ from .telemetry import Metrics
 log = logging.getLogger("tokenwire.server")
 
 GRACE_FIELD = "stream.resume_grace_ms"
+MESSAGE_OVERHEAD = 100
+"""Bytes of Python heap per kept message beyond its serialized size, counted in the
+bounds: a bytes object's header (33), a 2-tuple (56), a deque slot (8)."""
 
 
 def identity(headers: Iterable[tuple[str, str | bytes]] | None) -> str:
@@ -74,6 +81,7 @@ class KeptStream:
         "identity",
         "last",
         "messages",
+        "newest",
         "origin",
         "progress",
         "refused",
@@ -85,7 +93,8 @@ class KeptStream:
         self.request_id = request_id
         self.identity = who
         self.grace_s = grace_s
-        self.messages: deque[tuple[pb.GenerateResponse, int]] = deque()  # with their sizes
+        self.messages: deque[tuple[bytes, int]] = deque()  # serialized, with their sizes
+        self.newest: pb.GenerateResponse | None = None  # the last one, for a live door
         self.first = 1  # sequence of messages[0]
         self.last = 0  # sequence of the newest message
         self.bytes = 0
@@ -128,6 +137,10 @@ class Resumes:
     def __len__(self) -> int:
         return len(self._kept)
 
+    def streams(self) -> list[KeptStream]:
+        """Every kept stream (for tests and debugging)."""
+        return list(self._kept.values())
+
     # --- the start of a resumable call -----------------------------------------------
 
     def grace_of(self, request: pb.GenerateRequest) -> float:
@@ -168,8 +181,10 @@ class Resumes:
             return  # forgotten (evicted): its generation is being aborted
         kept.last += 1
         msg.sequence = kept.last
-        size = msg.ByteSize()
-        kept.messages.append((msg, size))
+        data = msg.SerializeToString()
+        size = len(data) + MESSAGE_OVERHEAD
+        kept.messages.append((data, size))
+        kept.newest = msg
         kept.bytes += size
         self.bytes += size
         self._trim(kept)
@@ -259,7 +274,11 @@ class Resumes:
         metrics = self._metrics
         while True:
             if seq < kept.last:
-                msg = kept.messages[seq + 1 - kept.first][0]
+                newest = kept.newest
+                if seq + 1 == kept.last and newest is not None:
+                    msg = newest  # a door that keeps up parses nothing
+                else:
+                    msg = pb.GenerateResponse.FromString(kept.messages[seq + 1 - kept.first][0])
                 if msg.sequence <= replayed_until:
                     metrics.replayed_messages += 1
                 yield msg
@@ -353,4 +372,5 @@ class Resumes:
         self.bytes -= kept.bytes
         kept.bytes = 0
         kept.messages.clear()
+        kept.newest = None
         kept.first = kept.last + 1
