@@ -258,3 +258,46 @@ async def test_a_drain_aborts_detached_streams_with_reason_shutdown(make_server)
     await server.stop(grace=5)  # no live door: the drain does not wait for the grace
     assert server.engine.in_flight() == 0
     assert server.metrics._aborts["shutdown"] == 1  # the exporter is closed by now
+
+
+async def test_the_generate_deadline_bounds_the_generation_a_resume_deadline_its_call(
+    make_server, stub_for
+):
+    server = await make_server(sim_itl_ms=5)
+    first, stub = await channel_to(server)
+    timed = stub.Generate(resumable("timed", max_tokens=5000), timeout=0.5)  # type: ignore[attr-defined]
+    await read_some(timed, 1)
+    await first.close()  # detached; its deadline still stands
+    await async_wait_for(lambda: server.engine.in_flight() == 0, within=5)
+    assert metric(server, "tokenwire_aborts_total", reason="deadline") == 1
+
+    other, stub2 = await channel_to(server)
+    try:
+        await read_some(stub2.Generate(resumable("open", max_tokens=5000)), 1)  # type: ignore[attr-defined]
+        await other.close()
+        await async_wait_for(lambda: server.metrics.detached_streams == 1)
+        again = await stub_for(server)
+        short = again.Resume(pb.ResumeRequest(request_id="open"), timeout=0.3)
+        with pytest.raises(grpc.aio.AioRpcError) as expired:
+            await read_all(short)
+        assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # Only the Resume call ended: the stream detached again and goes on.
+        await async_wait_for(lambda: server.metrics.detached_streams == 1)
+        assert server.engine.in_flight() == 1
+        await again.Abort(pb.AbortRequest(request_ids=["open"]))
+        await async_wait_for(lambda: server.engine.in_flight() == 0)
+    finally:
+        await other.close()
+
+
+async def test_a_drain_cuts_attached_resumable_streams_with_reason_shutdown(make_server, stub_for):
+    server = await make_server(sim_itl_ms=5)
+    stub = await stub_for(server)
+    call = stub.Generate(resumable("attached", max_tokens=5000))
+    await read_some(call, 1)
+    await server.stop(grace=0.2)
+    with pytest.raises(grpc.aio.AioRpcError) as cut:
+        await read_all(call)
+    assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert server.engine.in_flight() == 0
+    assert server.metrics._aborts["shutdown"] == 1  # the exporter is closed by now

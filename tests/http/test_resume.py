@@ -182,3 +182,27 @@ async def test_a_grpc_stream_resumes_over_http_as_native_json(make_http_server):
     assert [seq for seq, _ in got[:-1]] == [m.sequence for m in sent[2:]]
     assert [json.loads(data)["text"] for _, data in got[:-1]] == [m.text for m in sent[2:]]
     assert got[-1] == (None, "[DONE]")
+
+
+async def test_a_resumable_chat_stream_reads_as_a_plain_one_with_the_sdk(make_http_server):
+    server = await make_http_server(sim_itl_ms=5, http_keepalive_s=0.002)
+    async with openai.AsyncOpenAI(
+        base_url=base_url(server) + "/v1", api_key="unused", max_retries=0
+    ) as client:
+        common: dict[str, Any] = {
+            "model": server.engine.description.name,
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 12,
+            "seed": 9,
+            "temperature": 1.0,
+        }
+        stream = await client.chat.completions.create(
+            stream=True, extra_body={"stream_options": {"resume_grace_ms": 1000}}, **common
+        )
+        chunks = [chunk async for chunk in stream]
+        whole = await client.chat.completions.create(**common)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == (
+        whole.choices[0].message.content
+    )
+    assert chunks[-1].choices[0].finish_reason == "length"
