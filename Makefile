@@ -198,6 +198,17 @@ buf-breaking: $(NODE_STAMP)
 	fi
 
 # --- Benchmark ---------------------------------------------------------------
+# The long hardening runs (docs/operations.md, Hardening): SOAK_SECONDS (default
+# 600) of mixed traffic on both doors with the server sampled for growth
+# (bench/soak.py; the summary in bench/results/soak-<date>.json), then the long
+# fuzzing of both doors (FUZZ_EXAMPLES cases per property; make test runs few).
+SOAK_SECONDS ?= 600
+FUZZ_EXAMPLES ?= 2000
+.PHONY: soak
+soak: $(STAMP) system-tools
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS) --out bench/results/soak-$$(date +%F).json
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider tests/hardening -k fuzz --timeout 3600
+
 .PHONY: bench
 
 # Every scenario, against the bare grpc.aio and FastAPI SSE baselines in the same

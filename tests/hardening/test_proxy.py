@@ -139,7 +139,8 @@ async def test_grpc_cancel_through_the_proxy_frees_the_request_at_once(
         stub = pb_grpc.GenerationServiceStub(channel)
         for _ in range(ROUNDS):
             call = stub.Generate(LONG)
-            assert (await call.read()).token_ids  # mid-stream
+            first = await call.read()
+            assert isinstance(first, pb.GenerateResponse) and first.token_ids  # mid-stream
             left = time.monotonic()
             call.cancel()
             latencies.append(await freed(server, left))
