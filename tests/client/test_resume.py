@@ -9,13 +9,21 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import BIN, ServerProcess, metric_value, start_server_process, wait_for
+from tests.helpers import (
+    BIN,
+    ServerProcess,
+    free_port,
+    metric_value,
+    start_server_process,
+    wait_for,
+)
 from tests.proxies import haproxy
-from tokenwire.client import AsyncClient, Client, GenerateOptions, NotResumable
+from tokenwire.client import AsyncClient, Client, GenerateOptions, NotResumable, Unavailable
 
 __all__ = ["haproxy"]  # the fixture, used here
 
@@ -128,3 +136,12 @@ def test_the_cli_resumes_with_resumable(server, haproxy):
     assert cli.returncode == 0, err
     assert (first + rest).decode().rstrip("\n") == whole_text(server)
     assert metric_value(server.metrics_url, "tokenwire_resumes_total", {"outcome": "resumed"}) >= 1
+
+
+def test_a_resumable_stream_to_nowhere_gives_up_within_its_grace_as_unavailable():
+    started = time.monotonic()
+    with Client(f"127.0.0.1:{free_port()}", timeout=5) as client:
+        stream = client.generate("hi", resume_grace_s=0.5, max_tokens=4)
+        with pytest.raises(Unavailable):
+            list(stream)
+    assert time.monotonic() - started < 5  # the grace bounded the retries, not the timeout

@@ -95,10 +95,11 @@ class AsyncStream(BaseStream):
             pause = None if self._resume is None else self._reconnects.delay(exc)
             if pause is None or self._resume is None:
                 self._end()
-                raise from_rpc_error(exc, resume=self._resuming) from exc
+                raise self._error(exc) from exc
             await asyncio.sleep(pause)  # backoff: the server or the path to it is coming back
             if self._cancelled:
                 return None
+            self._broken = self._broken or exc
             self._call = self._resume(self._last_sequence)
             self._resuming = True
             return await self._read()

@@ -18,6 +18,7 @@ import uuid
 import grpc
 
 from tokenwire.client import _convert
+from tokenwire.client._errors import TokenwireError, from_rpc_error
 from tokenwire.client._models import (
     Choice,
     Chunk,
@@ -137,6 +138,7 @@ class BaseStream:
         self._cancelled = False
         self._last_sequence = 0  # of a resumable call: where a Resume picks up
         self._resuming = False  # the current call is a Resume
+        self._broken: grpc.RpcError | None = None  # what broke the call being resumed
 
     @property
     def request_id(self) -> str:
@@ -222,6 +224,16 @@ class BaseStream:
     def last_sequence(self) -> int:
         """The newest message's ``sequence`` on a resumable call (0 before any)."""
         return self._last_sequence
+
+    def _error(self, error: grpc.RpcError) -> TokenwireError:
+        """How a failed call ends the stream. A resume that finds nothing after a
+        break before any message means the first call never reached the server's
+        store (it was refused or unreachable): that first error is the answer."""
+        broken = self._broken
+        not_found = error.code() == grpc.StatusCode.NOT_FOUND
+        if broken is not None and not self._last_sequence and not_found:
+            return from_rpc_error(broken)
+        return from_rpc_error(error, resume=self._resuming)
 
     def _seen(self, response: pb.GenerateResponse) -> bool:
         """A resumed call's message this stream already has (never on a plain call)."""

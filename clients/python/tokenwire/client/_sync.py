@@ -80,7 +80,7 @@ class Stream(BaseStream):
                     if self._reconnect(exc):
                         continue
                     self._end()
-                    raise from_rpc_error(exc, resume=self._resuming) from exc
+                    raise self._error(exc) from exc
                 if self._seen(response):
                     continue
                 self._reconnects.ok()
@@ -102,6 +102,7 @@ class Stream(BaseStream):
         time.sleep(pause)  # backoff: the server or the path to it is coming back
         if self._cancelled:
             return False
+        self._broken = self._broken or error
         self._call = self._resume(self._last_sequence)
         self._resuming = True
         return True
