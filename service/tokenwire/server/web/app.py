@@ -37,7 +37,7 @@ from ..core.lifecycle import Call, Core, Generation
 from ..core.requests import MAX_REQUEST_ID_LENGTH
 from ..core.resume import KeptStream
 from ..core.watchdog import Watched
-from . import asgi, framing, openai_request, resume
+from . import asgi, framing, openai_request, openapi, resume
 from .asgi import Receive, Scope, Send
 from .openai_request import OpenAIRequest
 from .openai_response import Answer, usage_body
@@ -47,7 +47,8 @@ log = logging.getLogger("tokenwire.server")
 Handler = Callable[[Scope, Receive, Send], Awaitable[int]]
 
 _PLAYGROUND = resources.files(__package__).joinpath("playground.html").read_bytes()
-_OPEN = ("/health", "/metrics", "/")  # no key needed: probes and scrapers send none
+# No key needed: probes and scrapers send none, and the schema is no secret.
+_OPEN = ("/health", "/metrics", "/", "/openapi.json")
 
 
 class HttpDoor:
@@ -75,6 +76,7 @@ class HttpDoor:
             ("GET", "/health"): self._health,
             ("GET", "/metrics"): self._metrics,
             ("GET", "/"): self._playground,
+            ("GET", "/openapi.json"): self._openapi,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,11 +140,12 @@ class HttpDoor:
             request = pb.GenerateRequest()
             try:
                 json_format.Parse(body, request)
-            except json_format.ParseError as error:
+            except (json_format.ParseError, UnicodeDecodeError) as error:  # bad UTF-8 too
                 raise errors.InvalidArgument("body", f"not a GenerateRequest: {error}") from None
             if not request.request_id:
                 request.request_id = state.request_id
-            state.request_id = request.request_id
+            if _echoable(request.request_id):  # the core refuses the others (400)
+                state.request_id = request.request_id
             if request.stream.resume_grace_ms:
                 await self._resumable(scope, send, call, request, state, None)
                 return
@@ -383,6 +386,10 @@ class HttpDoor:
         await asgi.send_bytes(send, 200, _PLAYGROUND, b"text/html; charset=utf-8")
         return 200
 
+    async def _openapi(self, scope: Scope, receive: Receive, send: Send) -> int:
+        await asgi.send_bytes(send, 200, openapi.BODY)
+        return 200
+
 
 class _State:
     """What a generation handler learns as it goes, for its ending."""
@@ -473,9 +480,13 @@ def _deadline(scope: Scope) -> float | None:
 
 def _request_id(scope: Scope) -> str:
     given = asgi.header(scope, b"x-request-id")
-    if given and len(given) <= MAX_REQUEST_ID_LENGTH and given.isprintable():
-        return given
-    return uuid.uuid4().hex
+    return given if given and _echoable(given) else uuid.uuid4().hex
+
+
+def _echoable(request_id: str) -> bool:
+    """An id the X-Request-Id header may carry back (a newline in it would break the
+    answer's head)."""
+    return len(request_id) <= MAX_REQUEST_ID_LENGTH and request_id.isprintable()
 
 
 def _usage(gen: Generation) -> dict[str, Any]:

@@ -41,6 +41,7 @@ _REFUSED: dict[str, tuple[object, ...]] = {
     "guided_grammar": (None,),
 }
 _TEXT_ONLY = ("text",)
+_MAX_TOKEN_ID = 2**32 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,7 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
         if top_k < 0:
             raise InvalidArgument("top_k", "must be -1 (off) or a positive integer")
         s.top_k = top_k
-    seed = _int(body, "seed")
+    seed = _int(body, "seed", bits=64)
     if seed is not None:
         # OpenAI takes any 64-bit integer; engines take the bits as given.
         s.seed = seed % (1 << 64)
@@ -137,8 +138,8 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
     elif stop is not None:
         st.stop.extend(_str_list(stop, "stop"))
     for i, token in enumerate(_int_list(body.get("stop_token_ids"), "stop_token_ids")):
-        if token < 0:
-            raise InvalidArgument(f"stop_token_ids[{i}]", "must not be negative")
+        if not 0 <= token <= _MAX_TOKEN_ID:  # the contract's ids are uint32
+            raise InvalidArgument(f"stop_token_ids[{i}]", f"must be between 0 and {_MAX_TOKEN_ID}")
         st.stop_token_ids.append(token)
     _set_float(body, "priority", req)
     _set_bool(body, "ignore_eos", st, "ignore_eos")
@@ -238,6 +239,10 @@ def _prompt(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, str
     elif isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
         if any(t < 0 for t in prompt):
             raise InvalidArgument(params["token_ids.ids"], "token ids must not be negative")
+        if any(t > _MAX_TOKEN_ID for t in prompt):  # the contract's ids are uint32
+            raise InvalidArgument(
+                params["token_ids.ids"], f"token ids must be at most {_MAX_TOKEN_ID}"
+            )
         req.token_ids.ids.extend(prompt)
     elif isinstance(prompt, list) and len(prompt) > 1:
         raise InvalidArgument("prompt", "one prompt per request: batches are not supported")
@@ -287,7 +292,7 @@ def _str(obj: dict[str, Any], key: str, where: str | None = None, *, required: b
     return value
 
 
-def _int(obj: dict[str, Any], key: str, where: str | None = None) -> int | None:
+def _int(obj: dict[str, Any], key: str, where: str | None = None, bits: int = 32) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
@@ -296,6 +301,10 @@ def _int(obj: dict[str, Any], key: str, where: str | None = None) -> int | None:
         value = int(value)
     if not _is_int(value):
         raise InvalidArgument(where or key, "must be an integer")
+    # The contract's fields are 32-bit (seed: 64): a larger number would fail
+    # the protobuf assignment itself, as a server error.
+    if not -(1 << (bits - 1)) <= value < 1 << bits:
+        raise InvalidArgument(where or key, f"is out of range for a {bits}-bit integer")
     return int(value)
 
 
