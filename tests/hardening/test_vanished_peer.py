@@ -2,8 +2,9 @@
 mid-stream with no FIN and no RST (iptables drops all its packets), is found by the
 server's keepalive (gRPC: HTTP/2 PINGs; HTTP: TCP keepalive and TCP_USER_TIMEOUT)
 within a bound, and its request aborted (reason cancelled), even while nothing is
-being written. And on a lossy link (5% of packets dropped each way) streams still
-complete and match Complete.
+being written. And on a lossy, slow link (5% of packets dropped and 50 ms added,
+each way: tc netem, or iptables and a delaying relay where the kernel has no netem)
+streams still complete and match Complete.
 
 The test creates two namespaces joined by a veth pair (10.251.0.1 the server's,
 10.251.0.2 the client's); no traffic leaves them. It needs root (CAP_NET_ADMIN) and
@@ -248,45 +249,102 @@ print(f"done {bad}", flush=True)
 """
 
 
-def test_streams_complete_and_match_on_a_lossy_link(
+# Without netem: a relay in the client's namespace that holds every chunk 50 ms in
+# each direction (in order), in front of the lossy veth link.
+DELAY_RELAY = """
+import asyncio, sys, time
+listen, host, port, delay = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+
+async def pipe(reader, writer):
+    queue = asyncio.Queue()
+    async def feed():
+        while data := await reader.read(65536):
+            queue.put_nowait((time.monotonic() + delay, data))
+        queue.put_nowait((time.monotonic() + delay, b""))
+    async def drain():
+        while True:
+            due, data = await queue.get()
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if not data:
+                writer.close()
+                return
+            writer.write(data)
+            await writer.drain()
+    await asyncio.gather(feed(), drain())
+
+async def handle(reader, writer):
+    up_reader, up_writer = await asyncio.open_connection(host, port)
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", listen)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+RELAY_PORT = 7777  # on the client namespace's own loopback
+
+
+def test_streams_complete_and_match_on_a_lossy_slow_link(
     namespaces: Namespaces, ns_servers: list[NsServer]
 ) -> None:
-    # tc netem would add the delay too; where the kernel has it (this machine's
-    # does not: CONFIG_NET_SCH_NETEM is off) it is used, else loss alone, by iptables.
+    # tc netem adds both where the kernel has it. This machine's does not
+    # (CONFIG_NET_SCH_NETEM is off): then iptables drops 5% of the packets each
+    # way on the veth link and a relay adds the 50 ms each way.
+    device = f"tvb{os.getpid() % 100000}"
     netem = _run(
-        *namespaces.exec(
-            namespaces.client,
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            f"tvb{os.getpid() % 100000}",
-            "root",
+        *[
+            *namespaces.exec(namespaces.client, "tc", "qdisc", "add", "dev", device, "root"),
             "netem",
             "delay",
             "50ms",
             "loss",
             "5%",
-        )
+        ]
     )
+    server = start_ns_server(namespaces, "--sim-ttft-ms", "5", "--sim-itl-ms", "1")
+    ns_servers.append(server)
+    relay = None
+    target = server.target
     if netem.returncode != 0:
         namespaces.client_iptables(
             "-m", "statistic", "--mode", "random", "--probability", "0.05", "-j", "DROP"
         )
-    server = start_ns_server(namespaces, "--sim-ttft-ms", "5", "--sim-itl-ms", "1")
-    ns_servers.append(server)
-    started = time.monotonic()
-    done = subprocess.run(
-        namespaces.exec(
-            namespaces.client, sys.executable, "-c", COMPLETE_AND_STREAM, server.target, "10"
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        relay = subprocess.Popen(
+            namespaces.exec(
+                namespaces.client,
+                *(sys.executable, "-c", DELAY_RELAY, str(RELAY_PORT)),
+                *(SERVER_IP, str(server.process.port), "0.05"),
+            ),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert relay.stdout is not None
+        assert relay.stdout.readline() == "ready\n"
+        target = f"127.0.0.1:{RELAY_PORT}"
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [
+                *namespaces.exec(namespaces.client, sys.executable, "-c", COMPLETE_AND_STREAM),
+                target,
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        took = time.monotonic() - started
+    finally:
+        if relay is not None:
+            relay.kill()
+            relay.wait(10)
+            assert relay.stdout is not None
+            relay.stdout.close()
+    how = "netem" if relay is None else "iptables 5% loss + 50 ms relay"
     print(
-        f"\nfigure lossy link ({'netem' if netem.returncode == 0 else 'iptables 5% loss'}): "
-        f"10 streams + 10 Completes of 200 tokens in {time.monotonic() - started:.1f}s"
+        f"\nfigure lossy slow link ({how}): 10 streams + 10 Completes of 200 tokens in {took:.1f}s"
     )
     assert done.stdout.strip() == "done 0", done.stdout + done.stderr
     assert server.metric("tokenwire_engine_requests_in_flight") == 0
