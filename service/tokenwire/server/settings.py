@@ -13,6 +13,8 @@ from pydantic import AliasChoices, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EngineKind = Literal["simulated", "transformers", "tensorrt-llm"]
+ToolCallParser = Literal["hermes", "llama3_json"]
+GuidedDecodingBackend = Literal["auto", "llguidance", "xgrammar"]
 
 ENV_PREFIX = "TOKENWIRE_"
 # Settings that also read a variable of another project's convention.
@@ -64,6 +66,16 @@ class Settings(BaseSettings):
     )
     kv_cache_memory_fraction: float | None = Field(
         None, gt=0, le=1, description="TensorRT-LLM: share of free GPU memory for the KV cache."
+    )
+    guided_decoding_backend: GuidedDecodingBackend = Field(
+        "auto",
+        description="TensorRT-LLM: grammar engine for structured output and forced tool "
+        "calls; auto is llguidance on the PyTorch backend, xgrammar on prebuilt engines.",
+    )
+    tool_call_parser: ToolCallParser = Field(
+        "hermes",
+        description="How the model writes tool calls: hermes (<tool_call>{...}</tool_call>, "
+        "Qwen, Hermes) or llama3_json (Llama 3.1+ JSON calls).",
     )
     max_batch_size: int | None = Field(None, ge=1, description="Engine: most sequences per step.")
     max_seq_len: int | None = Field(None, ge=1, description="Engine: longest prompt + output.")
@@ -153,6 +165,12 @@ class Settings(BaseSettings):
     max_stop_strings: int = Field(16, ge=0, description="Most stop strings per request.")
     max_stop_string_length: int = Field(256, ge=1, description="Longest stop string, chars.")
     max_top_logprobs: int = Field(20, ge=0, description="Largest accepted top_logprobs.")
+    max_grammar_bytes: int = Field(
+        64 * 1024,
+        ge=256,
+        description="Largest structured-output constraint (JSON schema, regex, grammar, "
+        "choices) or tool parameters schema accepted, in bytes.",
+    )
     max_message_bytes: int = Field(
         4 * 1024 * 1024,
         ge=1024,

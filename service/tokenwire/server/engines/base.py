@@ -34,9 +34,11 @@ DEFAULT_SAMPLING_TEMPERATURE = 1.0
 """The temperature of a request that asks for variety (n > 1, a seed) and gives none:
 vLLM's and OpenAI's default."""
 
-FinishReason = Literal["stop", "length", "stop_sequence", "cancelled"]
+FinishReason = Literal["stop", "length", "stop_sequence", "cancelled", "tool_calls"]
 """stop: end-of-sequence token; length: max_tokens or context; stop_sequence: a
-stop string or stop token id; cancelled: aborted before it finished."""
+stop string or stop token id; cancelled: aborted before it finished; tool_calls:
+ended (end-of-sequence) after calling tools, which the server's tool-call parser
+found in the text (engines never set it)."""
 
 
 class EngineError(Exception):
@@ -102,22 +104,25 @@ class PromptInput:
     tools: tuple[ToolSpec, ...] = ()
 
 
-ConstraintKind = Literal["json_schema", "json_object", "regex", "grammar", "choice"]
+ConstraintKind = Literal["json_schema", "json_object", "regex", "grammar", "choice", "lark"]
 
 
 @dataclass(frozen=True, slots=True)
 class Constraint:
-    """Structured output: what a sequence's whole text must match, validated by the
-    core before it reaches an engine (docs/structured-output.md).
+    """Structured output: what a sequence's whole text must match, validated and
+    compiled by the core before it reaches an engine (docs/structured-output.md).
 
     ``value`` is the JSON Schema text (json_schema), the regular expression
-    (regex) or the EBNF grammar (grammar); empty for json_object and choice,
-    whose answers are ``choices``.
+    (regex), the GBNF grammar (grammar) or a Lark grammar in llguidance's dialect
+    (lark: the server's own, for tool calls); empty for json_object and choice,
+    whose answers are ``choices``. ``grammar`` is the same constraint in
+    llguidance's grammar format, for engines that mask tokens with llguidance.
     """
 
     kind: ConstraintKind
     value: str = ""
     choices: tuple[str, ...] = ()
+    grammar: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +181,12 @@ class GenerationRequest:
     constraint: Constraint | None = None
     """Structured output every sequence's text must match, or None."""
     tools: tuple[ToolSpec, ...] = ()
-    """The tools offered (already in the prompt through the chat template): an engine
-    that makes up its answers (the simulator) may answer with a call of one."""
+    """The tools offered (already in the prompt through the chat template)."""
+    tool_call: Constraint | None = None
+    """What a call of one of ``tools`` looks like in the server's tool-call format,
+    when the model may choose to call one (``tool_choice`` auto): an engine that
+    makes up its answers (the simulator) may answer with one. Real engines ignore
+    it: their model decides, and the server parses what it wrote."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +202,17 @@ class TokenLogprob:
     token: str
     logprob: float
     top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """Part of a tool call as it streams: a call's first delta has its id and name,
+    later ones fragments of its arguments' JSON text (OpenAI's shape)."""
+
+    index: int  # which call of the sequence, from 0
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 @dataclass(slots=True)
@@ -219,6 +239,9 @@ class SequenceDelta:
     cumulative_logprob: float | None = None
     finish_reason: FinishReason | None = None
     stop_match: str | int | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    """Tool calls found in the text (by the server's parser, never an engine); the
+    text then carries only what was outside them."""
 
 
 class GenerationHandle(Protocol):

@@ -9,10 +9,13 @@ produces one token per step as fast as the event loop allows.
 It honours everything a real engine does that clients can observe: max_tokens,
 min_tokens, end-of-sequence (or ``ignore_eos``), stop strings and stop token
 ids, n sequences, logprobs with alternatives, chat and token-id input,
-``skip_special_tokens`` (the end-of-sequence token's markup), and multi-byte
-characters split across byte tokens. Each sequence's text is its tokenizer's
-decode of its token ids (``SimTokenizer.decode``), cut before a stop as with
-the other engines (docs/engines.md, "Text").
+``skip_special_tokens`` (the end-of-sequence token's markup), multi-byte
+characters split across byte tokens, and structured output: under a constraint
+it samples among the tokens the grammar allows (``simgrammar.py``), and offered
+tools it answers with a call of one now and then (half its seeds). Each
+sequence's text is its tokenizer's decode of its token ids
+(``SimTokenizer.decode``), cut before a stop as with the other engines
+(docs/engines.md, "Text").
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ from .base import (
     InvalidInput,
     ModelDescription,
     PromptInput,
+    RequestFailed,
     SequenceDelta,
     TokenLogprob,
     TopLogprob,
 )
+from .grammar import Matchers
+from .simgrammar import Constrained, TokenKinds, sim_matchers
 from .simtok import EOS_ID, WORDS, SimTokenizer
 from .text import StopStrings, Utf8Deltas
 
@@ -106,6 +112,7 @@ class SimulatedEngine:
         self._words = _Words(self._tokenizer)
         self._live: set[_SimHandle] = set()
         self._closed = False
+        self._grammars: tuple[Matchers, TokenKinds] | None = None  # on first use
         self._description = ModelDescription(
             name=config.model,
             engine="simulated",
@@ -151,6 +158,12 @@ class SimulatedEngine:
         self._live.add(handle)
         return handle
 
+    def grammars(self) -> tuple[Matchers, TokenKinds]:
+        """The vocabulary's compiled grammars and token kinds (made on first use)."""
+        if self._grammars is None:
+            self._grammars = (sim_matchers(self._tokenizer), TokenKinds(self._tokenizer))
+        return self._grammars
+
     def in_flight(self) -> int:
         return len(self._live)
 
@@ -181,6 +194,7 @@ class _Sequence:
     """One sequence's generator state: its words, text filters and counters."""
 
     __slots__ = (
+        "constrained",
         "count",
         "done",
         "index",
@@ -206,6 +220,7 @@ class _Sequence:
         self.stops = StopStrings(request.stop, request.include_stop_in_output)
         self.logprob = 0.0
         self.done = False
+        self.constrained: Constrained | None = None  # answering under a grammar
 
 
 class _SimHandle:
@@ -245,6 +260,21 @@ class _SimHandle:
         self._stop_ids = frozenset(request.stop_token_ids)
         # Most requests ask for plain text: one token at a time needs no lists.
         self._plain = not (request.logprobs or request.stop or request.stop_token_ids)
+        if request.constraint is not None or request.tool_call is not None:
+            self._constrain(request)
+
+    def _constrain(self, request: GenerationRequest) -> None:
+        """Put each sequence under the request's grammar; offered tools, answer
+        half the seeds with a call (the decision is the sequence's first draw)."""
+        matchers, kinds = self._engine.grammars()
+        for seq in self._sequences:
+            constraint = request.constraint
+            if constraint is None and seq.rng.random() < 0.5:
+                constraint = request.tool_call
+            if constraint is not None:
+                matcher = matchers.new(constraint)
+                seq.constrained = Constrained(matcher, kinds, self._tok, seq.rng)
+                self._plain = False
 
     @property
     def finished(self) -> bool:
@@ -292,7 +322,12 @@ class _SimHandle:
         elif self._plain:
             deltas = [self._advance_plain(seq, steps) for seq in sequences if not seq.done]
         else:
-            deltas = [self._advance(seq, steps) for seq in sequences if not seq.done]
+            try:
+                deltas = [self._advance(seq, steps) for seq in sequences if not seq.done]
+            except RequestFailed:  # a grammar that allows nothing: this request fails
+                self._remaining = 0
+                self._engine._release(self)
+                raise
         if self._remaining == 0:
             self._engine._release(self)
         return deltas
@@ -421,6 +456,8 @@ class _SimHandle:
         )
 
     def _next_token(self, seq: _Sequence) -> int:
+        if seq.constrained is not None:
+            return seq.constrained.next_token()
         queue = seq.queue
         if queue:
             return queue.pop(0)
