@@ -157,7 +157,19 @@ async def test_stop_string_ends_with_stop_and_names_the_match(oai: openai.AsyncO
         ({"n": 1000}, "n"),
         ({"stop": ["x"] * 100}, "stop"),
         ({"top_logprobs": 3}, "top_logprobs"),
-        ({"extra_body": {"tools": [{"type": "function", "function": {"name": "f"}}]}}, "tools"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "g"},
+            "tool_choice",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "x"}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
         ({"extra_body": {"logit_bias": {"5": 10}}}, "logit_bias"),
         ({"extra_body": {"stop_token_ids": [10**9]}}, "stop_token_ids[0]"),
     ],

@@ -35,11 +35,84 @@ CASES = [
     ("/v1/chat/completions", {**CHAT, "top_k": -5}, "top_k"),
     ("/v1/chat/completions", {**CHAT, "n": 0}, "n"),
     ("/v1/chat/completions", {**CHAT, "min_tokens": 10}, "min_tokens"),
+    ("/v1/chat/completions", {**CHAT, "response_format": {"type": "xml"}}, "response_format.type"),
     (
         "/v1/chat/completions",
-        {**CHAT, "response_format": {"type": "json_object"}},
+        {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 1}}}},
+        "response_format.json_schema.schema",
+    ),
+    ("/v1/chat/completions", {**CHAT, "guided_regex": "[a-"}, "guided_regex"),
+    ("/v1/chat/completions", {**CHAT, "guided_choice": []}, "guided_choice"),
+    ("/v1/chat/completions", {**CHAT, "guided_choice": ["a", ""]}, "guided_choice[1]"),
+    ("/v1/chat/completions", {**CHAT, "guided_grammar": "root ::= ("}, "guided_grammar"),
+    ("/v1/chat/completions", {**CHAT, "guided_json": "{not json"}, "guided_json"),
+    (
+        "/v1/chat/completions",
+        {**CHAT, "guided_regex": "a+", "response_format": {"type": "json_object"}},
+        "guided_regex",
+    ),
+    (
+        "/v1/chat/completions",
+        {**CHAT, "guided_regex": "a+", "ignore_eos": True},
+        "ignore_eos",
+    ),
+    ("/v1/chat/completions", {**CHAT, "tools": [{"type": "web_search"}]}, "tools[0].type"),
+    (
+        "/v1/chat/completions",
+        {**CHAT, "tools": [{"type": "function", "function": {"name": "no spaces"}}]},
+        "tools[0].function.name",
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            **CHAT,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}],
+        },
+        "tools[0].function.parameters",
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            **CHAT,
+            "tools": [
+                {"type": "function", "function": {"name": "f"}},
+                {"type": "function", "function": {"name": "f"}},
+            ],
+        },
+        "tools[1].function.name",
+    ),
+    (
+        "/v1/chat/completions",
+        {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "g"},
+        "tool_choice",
+    ),
+    ("/v1/chat/completions", {**CHAT, "tool_choice": "required"}, "tool_choice"),
+    (
+        "/v1/chat/completions",
+        {
+            **CHAT,
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "response_format": {"type": "json_object"},
+        },
         "response_format",
     ),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "x"}}
+                    ],
+                },
+            ]
+        },
+        "messages[1].tool_calls[0].function.arguments",
+    ),
+    ("/v1/completions", {**COMPLETION, "tools": [{"type": "function"}]}, "tools"),
+    ("/v1/completions", {**COMPLETION, "guided_regex": "("}, "guided_regex"),
     ("/v1/chat/completions", {**CHAT, "seed": "7"}, "seed"),
     ("/v1/chat/completions", {**CHAT, "priority": 2}, "priority"),
     ("/v1/chat/completions", {**CHAT, "priority": "high"}, "priority"),

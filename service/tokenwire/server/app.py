@@ -114,6 +114,8 @@ def limits_from(settings: Settings) -> Limits:
         max_top_logprobs=settings.max_top_logprobs,
         max_concurrent_requests=settings.max_concurrent_requests,
         max_message_bytes=settings.max_message_bytes,
+        max_grammar_bytes=settings.max_grammar_bytes,
+        tool_call_parser=settings.tool_call_parser,
     )
 
 

@@ -49,6 +49,7 @@ from .progress import Progress
 from .requests import Limits, RequestPlan, plan_request
 from .resume import KeptStream, Resumes
 from .telemetry import AbortReason, Metrics
+from .toolparse import ParsedCalls
 from .tracing import Tracing
 from .watchdog import Watchdog, Watched
 
@@ -263,6 +264,10 @@ class Core:
                 adapters.leave(adapters.waiting, adapter)
             admitted_at = time.perf_counter()
             handle = engine.submit(request_)
+            if plan.tools is not None:  # the answer's calls, read out of its text
+                handle = ParsedCalls(
+                    handle, plan.tools.format, plan.tools.names, len(progress.counts)
+                )
             adapters.enter(adapters.running, adapter)
             yield Generation(plan, handle, progress, watched)
         except BaseException as caught:

@@ -19,6 +19,7 @@ from ..engines.base import (
 from .coalescing import Flush
 from .progress import Progress
 from .requests import Limits
+from .toolparse import merge_calls
 
 FINISH_REASONS: dict[FinishReason | None, pb.FinishReason] = {
     None: pb.FINISH_REASON_UNSPECIFIED,
@@ -26,6 +27,7 @@ FINISH_REASONS: dict[FinishReason | None, pb.FinishReason] = {
     "length": pb.FINISH_REASON_LENGTH,
     "stop_sequence": pb.FINISH_REASON_STOP_SEQUENCE,
     "cancelled": pb.FINISH_REASON_CANCELLED,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
 }
 
 
@@ -60,11 +62,12 @@ def response(
     """One stream message from one or more consecutive deltas of one sequence."""
     last = deltas[-1]
     if len(deltas) == 1:
-        text, ids, lps = last.text, last.token_ids, last.logprobs
+        text, ids, lps, calls = last.text, last.token_ids, last.logprobs, last.tool_calls
     else:
         text = "".join(d.text for d in deltas)
         ids = tuple(t for d in deltas for t in d.token_ids)
         lps = tuple(lp for d in deltas for lp in d.logprobs)
+        calls = merge_calls(d.tool_calls for d in deltas)
     msg = pb.GenerateResponse(
         request_id=request_id,
         index=index,
@@ -75,6 +78,11 @@ def response(
     )
     if lps:
         msg.logprobs.extend(logprobs(lps))
+    if calls:
+        msg.tool_calls.extend(
+            pb.ToolCallDelta(index=c.index, id=c.id, name=c.name, arguments=c.arguments)
+            for c in calls
+        )
     if last.cumulative_logprob is not None:
         msg.cumulative_logprob = last.cumulative_logprob
     match = stop_match(last.stop_match)
@@ -121,6 +129,7 @@ class StreamMessages:
             or d.logprobs
             or d.cumulative_logprob is not None
             or d.stop_match is not None
+            or d.tool_calls
         ):
             return stream_message(self._request_id, flush, progress, handle)
         msg = self._msg
@@ -189,6 +198,10 @@ class Choices:
         """Add one delta; returns its logprobs as added (for the size check)."""
         choice = self._choices[d.index]
         self._texts[d.index].append(d.text)
+        for c in d.tool_calls:  # a call's first delta opens it; the rest extend it
+            if c.index >= len(choice.tool_calls):
+                choice.tool_calls.add(id=c.id, name=c.name)
+            choice.tool_calls[c.index].arguments += c.arguments
         choice.token_ids.extend(d.token_ids)
         lps = logprobs(d.logprobs) if d.logprobs else []
         choice.logprobs.extend(lps)

@@ -10,6 +10,7 @@ its client sent it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import uuid
 from collections.abc import Sequence
@@ -27,8 +28,11 @@ from ..engines.base import (
     ModelDescription,
     PromptInput,
     SamplingOptions,
+    ToolCall,
 )
+from . import constraints
 from .errors import InvalidArgument, ModelNotFound
+from .toolcalls import ToolPlan, plan_tools
 
 T = TypeVar("T")
 
@@ -51,6 +55,8 @@ class Limits:
     max_top_logprobs: int
     max_concurrent_requests: int
     max_message_bytes: int
+    max_grammar_bytes: int = 64 * 1024
+    tool_call_parser: str = "hermes"  # how the model writes tool calls (toolcalls.FORMATS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,7 @@ class RequestPlan:
     max_tokens: int | None
     template: GenerationRequest  # all but the prompt, max_tokens and stream_step, as validated
     stream: StreamPlan
+    tools: ToolPlan | None = None  # tools offered: calls are parsed out of the answer
 
     def generation(
         self, prompt_ids: Sequence[int], model: ModelDescription, limits: Limits
@@ -147,6 +154,20 @@ def plan_request(req: pb.GenerateRequest, model: ModelDescription, limits: Limit
     else:
         raise InvalidArgument("input", "set one of prompt, token_ids or messages")
 
+    # Structured output and tools (docs/structured-output.md, docs/tools.md).
+    tools = plan_tools(req, which, limits.tool_call_parser, limits.max_grammar_bytes)
+    constraint = constraints.structured_output(req.structured_output, limits.max_grammar_bytes)
+    if tools is not None:
+        constraint = constraint or tools.forced
+        assert prompt is not None and prompt.messages is not None  # plan_tools checked
+        prompt = PromptInput(messages=prompt.messages, tools=tools.tools)
+    if constraint is not None and req.stopping.ignore_eos:
+        raise InvalidArgument(
+            "stopping.ignore_eos",
+            "cannot be combined with structured output or a forced tool call: the "
+            "answer ends where its grammar does",
+        )
+
     s, st, out = req.sampling, req.stopping, req.output
     n = _opt(s, "n", 1)
     if not 1 <= n <= limits.max_n:
@@ -218,6 +239,9 @@ def plan_request(req: pb.GenerateRequest, model: ModelDescription, limits: Limit
         logprobs=_opt(out, "logprobs", False) or top_logprobs > 0,
         top_logprobs=top_logprobs,
         skip_special_tokens=_opt(out, "skip_special_tokens", True),
+        constraint=constraint,
+        tools=() if tools is None else tools.tools,
+        tool_call=None if tools is None else tools.offered,
     )
     return RequestPlan(
         request_id=request_id,
@@ -227,6 +251,7 @@ def plan_request(req: pb.GenerateRequest, model: ModelDescription, limits: Limit
         max_tokens=max_tokens,
         template=template,
         stream=StreamPlan(step, None if delay_ms is None else delay_ms / 1000.0),
+        tools=tools if tools is not None and tools.parses else None,
     )
 
 
@@ -235,10 +260,27 @@ def chat_messages(messages: pb.ChatMessages, path: str) -> tuple[ChatMessage, ..
         raise InvalidArgument(f"{path}.messages", "must not be empty")
     out = []
     for i, m in enumerate(messages.messages):
+        where = f"{path}.messages[{i}]"
         if not m.role:
-            raise InvalidArgument(f"{path}.messages[{i}].role", "must not be empty")
-        out.append(ChatMessage(role=m.role, content=m.content))
+            raise InvalidArgument(f"{where}.role", "must not be empty")
+        calls = tuple(
+            _tool_call(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(m.tool_calls)
+        )
+        out.append(ChatMessage(m.role, m.content, calls, m.tool_call_id))
     return tuple(out)
+
+
+def _tool_call(call: pb.ToolCall, where: str) -> ToolCall:
+    """An earlier turn's call, as the chat template will write it back to the model."""
+    if not call.name:
+        raise InvalidArgument(f"{where}.name", "must not be empty")
+    try:
+        arguments = json.loads(call.arguments or "{}")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise InvalidArgument(f"{where}.arguments", "must be a JSON object")
+    return ToolCall(call.id, call.name, call.arguments or "{}")
 
 
 def tokenize_input(req: pb.TokenizeRequest) -> PromptInput:

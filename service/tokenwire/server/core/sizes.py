@@ -57,6 +57,8 @@ class AnswerSize:
         # No more than the delta adds to the encoding: a character takes at least a
         # byte, a token id too, and each logprob entry its size plus a tag and a length.
         self.bytes += len(delta.text) + len(delta.token_ids)
+        for call in delta.tool_calls:
+            self.bytes += len(call.id) + len(call.name) + len(call.arguments)
         for entry in logprobs:
             self.bytes += entry.ByteSize() + 2
         if self.bytes > self.limit:

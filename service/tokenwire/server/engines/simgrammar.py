@@ -29,13 +29,18 @@ _BRACKETS = b"}])"
 _STRUCTURE = b'"{}[],:'
 _SPACES = b" \t\r\n"
 
-# Weights of each kind of token, while an answer runs freely and once a string,
-# number or the whole answer has run long. Any other byte (beyond ASCII, control
-# characters) only when nothing else is allowed.
-_KINDS = ("quote", "bracket", "punct", "digit", "letter", "space")
-_FREE = {"word": 60.0, "digit": 3.0, "letter": 2.0, "punct": 1.0, "quote": 2.0, "bracket": 1.0}
-_CLOSING = {"quote": 300.0, "bracket": 30.0, "punct": 10.0, "digit": 1.0, "letter": 0.5}
-_FREE["space"], _CLOSING["space"], _CLOSING["word"] = 0.1, 0.05, 0.5
+# Weights of each kind of token: (inside a string?, closing?) -> kind -> weight.
+# Closing: a string or number has run a few tokens, or the whole answer long. Any
+# other byte (beyond ASCII, control characters) only when nothing else is allowed.
+_KINDS = ("quote", "open", "bracket", "punct", "digit", "letter", "space")
+_ORDER = ("word", *_KINDS)
+_WEIGHTS = {
+    (False, False): dict(zip(_ORDER, (60, 3, 4, 3, 1, 3, 2, 0.1), strict=True)),
+    (False, True): dict(zip(_ORDER, (0.5, 2, 0.5, 100, 5, 1, 0.5, 0.05), strict=True)),
+    (True, False): dict(zip(_ORDER, (60, 2, 0.05, 0.05, 0.3, 1, 2, 0.1), strict=True)),
+    (True, True): dict(zip(_ORDER, (1, 300, 0.01, 0.01, 0.1, 0.5, 0.5, 0.01), strict=True)),
+}
+_END = {False: 0.25, True: 0.75}  # how likely an answer ends where it may
 
 
 def sim_matchers(tokenizer: SimTokenizer) -> Matchers:
@@ -85,6 +90,8 @@ def _kind_of(byte: int) -> str | None:
         return "quote"
     if byte in _BRACKETS:
         return "bracket"
+    if byte in b"{[":
+        return "open"
     if byte in _SPACES:
         return "space"
     if 0x30 <= byte <= 0x39:
@@ -100,6 +107,7 @@ class Constrained:
     """One sequence's constrained answer: its matcher and where it stands."""
 
     __slots__ = (
+        "_in_string",
         "_kinds",
         "_last_alnum",
         "_rng",
@@ -118,8 +126,9 @@ class Constrained:
         self._kinds = kinds
         self._tokenizer = tokenizer
         self._rng = rng
-        self.count = 0
+        self.count = 0  # tokens chosen among several (not forced by the grammar)
         self.length = rng.randint(12, 80)  # past it, end as soon as allowed
+        self._in_string = False  # an odd number of quotes so far
         self._run = 0  # content tokens since the last structural byte
         self._run_limit = rng.randint(1, 6)
         self._last_alnum = False  # the last token ended with a letter or digit
@@ -131,18 +140,20 @@ class Constrained:
         if not allowed:
             raise RequestFailed(f"the grammar allows no token: {matcher.get_error() or 'stuck'}")
         rng = self._rng
-        closing = self.count >= self.length or self._run >= self._run_limit
+        long = self.count >= self.length
+        closing = long or self._run >= self._run_limit
         eos = 1 << EOS_ID
-        if allowed & eos and (
-            allowed == eos or self.count >= self.length or rng.random() < (0.5 if closing else 0.05)
-        ):
+        if allowed & eos and (allowed == eos or long or rng.random() < _END[closing]):
             token = EOS_ID
         else:
             token = self._draw(allowed & ~eos, closing)
         if not matcher.consume_token(token):
             raise RequestFailed(f"the grammar refused its own token: {matcher.get_error()}")
-        self.count += 1
+        if allowed & (allowed - 1):  # a choice, not a token the grammar forced
+            self.count += 1
         data = self._tokenizer.token_bytes(token) if token != EOS_ID else b""
+        if data.count(b'"') % 2:
+            self._in_string = not self._in_string
         if data and data[-1] in _STRUCTURE:
             self._run, self._run_limit = 0, rng.randint(1, 6)
         else:
@@ -152,7 +163,7 @@ class Constrained:
 
     def _draw(self, allowed: int, closing: bool) -> int:
         kinds = self._kinds
-        weights = _CLOSING if closing else _FREE
+        weights = _WEIGHTS[self._in_string, closing]
         words = kinds.spaced_words if self._last_alnum else kinds.bare_words
         options: list[tuple[float, int]] = []  # (weight, tokens of a kind allowed now)
         if allowed & words:

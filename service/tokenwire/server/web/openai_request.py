@@ -7,8 +7,14 @@ refuses comes back under its gRPC path (``stopping.max_tokens``): ``param_for``
 turns it into the parameter this client sent (``max_completion_tokens``).
 
 Unknown fields are ignored, as OpenAI does. A known field that would change the
-answer and that we cannot honour (``tools``, ``logit_bias``, ``echo``...) is
-refused with 400, never silently dropped.
+answer and that we cannot honour (``logit_bias``, ``echo``, the deprecated
+``functions``...) is refused with 400, never silently dropped.
+
+Structured output comes as OpenAI's ``response_format`` (``json_object``,
+``json_schema``) or vLLM's ``guided_json``, ``guided_regex``, ``guided_choice`` and
+``guided_grammar``, one of them at a time; tools as OpenAI's ``tools``,
+``tool_choice`` and ``parallel_tool_calls`` (chat only), and a conversation's
+earlier calls and results as assistant ``tool_calls`` and ``tool`` turns.
 """
 
 from __future__ import annotations
@@ -18,28 +24,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from tokenwire.v1 import generation_pb2 as pb
 
 from ..core.errors import InvalidArgument
 
 Kind = Literal["chat", "completion"]
 
-# Known OpenAI fields we cannot honour yet, with the value that means "off".
+# Known OpenAI fields we cannot honour, with the value that means "off".
 _REFUSED: dict[str, tuple[object, ...]] = {
-    "tools": (None, []),
     "functions": (None, []),
-    "tool_choice": (None, "none", "auto"),
     "function_call": (None, "none", "auto"),
     "logit_bias": (None, {}),
     "echo": (None, False),
     "suffix": (None, ""),
     "audio": (None,),
     "prediction": (None,),
-    "guided_json": (None,),
-    "guided_regex": (None,),
-    "guided_choice": (None,),
-    "guided_grammar": (None,),
 }
+# Only chat takes tools; completions refuse them as OpenAI's API has none.
+_CHAT_ONLY: dict[str, tuple[object, ...]] = {
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "parallel_tool_calls": (None,),
+}
+# vLLM's structured-output extensions: (their field, the StructuredOutput kind).
+_GUIDED = (
+    ("guided_json", "json_schema"),
+    ("guided_regex", "regex"),
+    ("guided_choice", "choice"),
+    ("guided_grammar", "ebnf_grammar"),
+)
 _TEXT_ONLY = ("text",)
 _MAX_TOKEN_ID = 2**32 - 1
 
@@ -72,12 +87,10 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
     """Validate an OpenAI body's shape and map it; raise InvalidArgument naming the param."""
     if not isinstance(body, dict):
         raise InvalidArgument("body", "must be a JSON object")
-    for name, off in _REFUSED.items():
+    refused = _REFUSED if kind == "chat" else _REFUSED | _CHAT_ONLY
+    for name, off in refused.items():
         if name in body and body[name] not in off:
             raise InvalidArgument(name, "is not supported by this server")
-    response_format = body.get("response_format")
-    if response_format is not None and _get(response_format, "type", "response_format") != "text":
-        raise InvalidArgument("response_format", "only {'type': 'text'} is supported")
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise InvalidArgument("modalities", "only ['text'] is supported")
@@ -88,9 +101,11 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
     if model:
         req.model = model
     if kind == "chat":
-        _messages(body, req)
+        _messages(body, req, params)
+        _tools(body, req, params)
     else:
         _prompt(body, req, params)
+    _structured(body, req, params)
 
     s, st, out = req.sampling, req.stopping, req.output
     _set_float(body, "temperature", s)
@@ -195,7 +210,7 @@ def _base_params() -> dict[str, str]:
     }
 
 
-def _messages(body: dict[str, Any], req: pb.GenerateRequest) -> None:
+def _messages(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, str]) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidArgument("messages", "must be a non-empty array")
@@ -204,9 +219,124 @@ def _messages(body: dict[str, Any], req: pb.GenerateRequest) -> None:
         if not isinstance(m, dict):
             raise InvalidArgument(where, "must be an object")
         role = _str(m, "role", f"{where}.role")
-        if m.get("tool_calls"):
-            raise InvalidArgument(f"{where}.tool_calls", "is not supported by this server")
-        req.messages.messages.add(role=role, content=_content(m.get("content"), where))
+        turn = req.messages.messages.add(role=role, content=_content(m.get("content"), where))
+        turn.tool_call_id = _str(m, "tool_call_id", f"{where}.tool_call_id", required=False)
+        calls = m.get("tool_calls")
+        if calls is None:
+            continue
+        if not isinstance(calls, list):
+            raise InvalidArgument(f"{where}.tool_calls", "must be an array")
+        for j, call in enumerate(calls):
+            at = f"{where}.tool_calls[{j}]"
+            function = _function(call, at)
+            arguments = function.get("arguments", "{}")
+            if not isinstance(arguments, str):
+                raise InvalidArgument(f"{at}.function.arguments", "must be a string of JSON")
+            turn.tool_calls.add(
+                id=_str(call, "id", f"{at}.id", required=False),
+                name=_str(function, "name", f"{at}.function.name"),
+                arguments=arguments,
+            )
+            for name in ("name", "arguments"):
+                params[f"messages.messages[{i}].tool_calls[{j}].{name}"] = f"{at}.function.{name}"
+
+
+def _function(item: object, where: str) -> dict[str, Any]:
+    """The ``function`` of a tool or a call (``{"type": "function", "function": {...}}``)."""
+    if not isinstance(item, dict):
+        raise InvalidArgument(where, "must be an object")
+    if item.get("type", "function") != "function":
+        raise InvalidArgument(f"{where}.type", "only 'function' is supported")
+    function = item.get("function")
+    if not isinstance(function, dict):
+        raise InvalidArgument(f"{where}.function", "must be an object")
+    return function
+
+
+def _tools(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, str]) -> None:
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise InvalidArgument("tools", "must be an array")
+        for i, tool in enumerate(tools):
+            where = f"tools[{i}]"
+            function = _function(tool, where)
+            parameters = function.get("parameters")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise InvalidArgument(
+                    f"{where}.function.parameters", "must be a JSON Schema object"
+                )
+            req.tools.add(
+                name=_str(function, "name", f"{where}.function.name"),
+                description=_str(
+                    function, "description", f"{where}.function.description", required=False
+                ),
+                parameters_json="" if parameters is None else orjson.dumps(parameters).decode(),
+            )
+            params[f"tools[{i}].name"] = f"{where}.function.name"
+            params[f"tools[{i}].description"] = f"{where}.function.description"
+            params[f"tools[{i}].parameters_json"] = f"{where}.function.parameters"
+    choice = body.get("tool_choice")
+    if isinstance(choice, str):
+        req.tool_choice = choice
+    elif choice is not None:
+        req.tool_choice = _str(
+            _function(choice, "tool_choice"), "name", "tool_choice.function.name"
+        )
+    parallel = _bool(body, "parallel_tool_calls")
+    if parallel is not None:
+        req.parallel_tool_calls = parallel
+
+
+def _structured(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, str]) -> None:
+    """``response_format`` or one of vLLM's ``guided_*`` -> ``structured_output``."""
+    so = req.structured_output
+    given: str | None = None
+    response_format = body.get("response_format")
+    if response_format is not None:
+        kind = _get(response_format, "type", "response_format")
+        if kind == "json_object":
+            so.json_object = True
+            params["structured_output.json_object"] = "response_format"
+            given = "response_format"
+        elif kind == "json_schema":
+            spec = _get(response_format, "json_schema", "response_format")
+            if not isinstance(spec, dict):
+                raise InvalidArgument("response_format.json_schema", "must be an object")
+            schema = spec.get("schema", {})
+            if not isinstance(schema, dict):
+                raise InvalidArgument("response_format.json_schema.schema", "must be an object")
+            so.json_schema = orjson.dumps(schema).decode()
+            params["structured_output.json_schema"] = "response_format.json_schema.schema"
+            given = "response_format"
+        elif kind != "text":
+            raise InvalidArgument(
+                "response_format.type", "must be text, json_object or json_schema"
+            )
+    for name, kind_ in _GUIDED:
+        value = body.get(name)
+        if value is None:
+            continue
+        if given is not None:
+            raise InvalidArgument(name, f"cannot be combined with {given}: give one constraint")
+        given = name
+        if kind_ == "json_schema":
+            if isinstance(value, dict):
+                value = orjson.dumps(value).decode()
+            elif not isinstance(value, str):
+                raise InvalidArgument(name, "must be a JSON Schema (an object or its text)")
+            so.json_schema = value
+        elif kind_ == "choice":
+            so.choice.choices.extend(_str_list(value, name))
+            params["structured_output.choice.choices"] = name
+            continue
+        elif not isinstance(value, str):
+            raise InvalidArgument(name, "must be a string")
+        else:
+            setattr(so, kind_, value)
+        params[f"structured_output.{kind_}"] = name
+    if given is not None:
+        params.setdefault("structured_output", given)
 
 
 def _content(content: object, where: str) -> str:

@@ -10,6 +10,10 @@ Shapes follow what the official SDKs parse:
   indexes its snapshot by ``choice.index`` and fails on any other order;
 - ``finish_reason`` in OpenAI's values; a stop string or stop token ends with
   ``stop``, and the match goes in vLLM's ``stop_reason`` extension field;
+- tool calls as ``delta.tool_calls`` (a call's first entry has its ``id``,
+  ``type`` and ``function.name``; later ones ``function.arguments`` fragments, which
+  the SDK appends by ``index``) and, whole, as ``message.tool_calls`` with
+  ``content`` null when the answer is only calls;
 - logprobs per chunk for that chunk's own tokens, in each API's shape;
 - usage in the last chunk (``choices: []``) when ``include_usage`` is set.
 """
@@ -22,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from ..engines.base import FinishReason, SequenceDelta, TokenLogprob
+from ..engines.base import FinishReason, SequenceDelta, TokenLogprob, ToolCallDelta
 from .openai_request import OpenAIRequest
 
 FINISH_REASONS: dict[FinishReason, str] = {
@@ -31,6 +35,7 @@ FINISH_REASONS: dict[FinishReason, str] = {
     "stop_sequence": "stop",
     # OpenAI has no word for it; vLLM's. Only a whole answer cut by the server shows it.
     "cancelled": "abort",
+    "tool_calls": "tool_calls",
 }
 
 
@@ -42,6 +47,7 @@ class Answer:
     """Renders one request's answer in OpenAI's shape, chunk by chunk or whole."""
 
     __slots__ = (
+        "_calls",
         "_chat",
         "_created",
         "_finishes",
@@ -78,6 +84,7 @@ class Answer:
         self._lps: list[list[TokenLogprob]] = [[] for _ in range(n)]  # whole answers only
         self._token_ids = parsed.token_ids
         self._ids: list[list[int]] = [[] for _ in range(n)]  # whole answers only
+        self._calls: list[list[dict[str, Any]]] = [[] for _ in range(n)]  # whole answers only
 
     # --- streaming ---------------------------------------------------------------
 
@@ -130,7 +137,13 @@ class Answer:
             text = "".join(self._texts[i])
             choice: dict[str, Any] = {"index": i}
             if self._chat:
-                choice["message"] = {"role": "assistant", "content": text}
+                calls = self._calls[i]
+                message: dict[str, Any] = {"role": "assistant", "content": text or None}
+                if calls:
+                    message["tool_calls"] = calls
+                elif not text:
+                    message["content"] = text
+                choice["message"] = message
             else:
                 choice["text"] = text
             choice["logprobs"] = self._logprobs_body(self._lps[i], 0) if self._logprobs else None
@@ -155,7 +168,11 @@ class Answer:
         choice: dict[str, Any] = {"index": index}
         if streaming:
             if self._chat:
-                choice["delta"] = {"content": text} if text else {}
+                delta: dict[str, Any] = {"content": text} if text else {}
+                calls = [c for d in deltas for c in d.tool_calls]
+                if calls:
+                    delta["tool_calls"] = [_call_delta(c) for c in calls]
+                choice["delta"] = delta
             else:
                 choice["text"] = text
             if self._token_ids:
@@ -169,6 +186,9 @@ class Answer:
                 choice["logprobs"] = None
         else:
             self._texts[index].append(text)
+            for d in deltas:
+                for c in d.tool_calls:
+                    _add_call(self._calls[index], c)
             if self._token_ids:
                 self._ids[index].extend(t for d in deltas for t in d.token_ids)
             if self._logprobs:
@@ -214,6 +234,22 @@ class Answer:
             else None,
             "text_offset": offsets,
         }
+
+
+def _call_delta(c: ToolCallDelta) -> dict[str, Any]:
+    """A call's streamed part: the first carries id, type and name."""
+    if c.id:
+        function = {"name": c.name, "arguments": c.arguments}
+        return {"index": c.index, "id": c.id, "type": "function", "function": function}
+    return {"index": c.index, "function": {"arguments": c.arguments}}
+
+
+def _add_call(calls: list[dict[str, Any]], c: ToolCallDelta) -> None:
+    if c.index >= len(calls):
+        calls.append(
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": ""}}
+        )
+    calls[c.index]["function"]["arguments"] += c.arguments
 
 
 def usage_body(prompt_tokens: int, completion_tokens: int, cached: int) -> dict[str, Any]:

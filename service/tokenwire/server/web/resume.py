@@ -22,7 +22,7 @@ from tokenwire.v1 import generation_pb2 as pb
 
 from ..core import errors
 from ..core.resume import identity
-from ..engines.base import FinishReason, SequenceDelta, TokenLogprob, TopLogprob
+from ..engines.base import FinishReason, SequenceDelta, TokenLogprob, ToolCallDelta, TopLogprob
 from .asgi import Scope, header
 from .openai_request import OpenAIRequest
 from .openai_response import Answer, usage_body
@@ -36,6 +36,7 @@ _FINISHES: dict[int, FinishReason] = {
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
     pb.FINISH_REASON_CANCELLED: "cancelled",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 
 
@@ -102,6 +103,7 @@ def delta_of(msg: pb.GenerateResponse) -> SequenceDelta:
         cumulative_logprob=msg.cumulative_logprob if msg.HasField("cumulative_logprob") else None,
         finish_reason=_FINISHES.get(msg.finish_reason),
         stop_match=match,
+        tool_calls=tuple(ToolCallDelta(c.index, c.id, c.name, c.arguments) for c in msg.tool_calls),
     )
 
 
