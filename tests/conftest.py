@@ -90,7 +90,7 @@ def stub(channel: grpc.aio.Channel) -> pb_grpc.GenerationServiceStub:
     return pb_grpc.GenerationServiceStub(channel)
 
 
-StubFactory = Callable[[Server], Awaitable[pb_grpc.GenerationServiceStub]]
+StubFactory = Callable[[Server], Awaitable[pb_grpc.GenerationServiceAsyncStub]]
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ async def stub_for() -> AsyncIterator[StubFactory]:
     """A stub on its own channel to a given server: ``stub = await stub_for(server)``."""
     channels: list[grpc.aio.Channel] = []
 
-    async def make(server: Server) -> pb_grpc.GenerationServiceStub:
+    async def make(server: Server) -> pb_grpc.GenerationServiceAsyncStub:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         channels.append(channel)
         return pb_grpc.GenerationServiceStub(channel)

@@ -8,10 +8,11 @@ and the UTF-8-safe delta path downstream is exercised for real.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
-from .base import ChatMessage
+from .base import ChatMessage, ToolSpec
 
 SPECIAL_TOKENS = (
     "<|pad|>",
@@ -83,9 +84,25 @@ class SimTokenizer:
         self._encode_plain(text[at:], ids)
         return ids
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        """The chat template: each turn in role markup, then the assistant's cue."""
-        turns = [f"<|{m.role}|>\n{m.content}<|end|>\n" for m in messages]
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
+        """The chat template: each turn in role markup, then the assistant's cue.
+
+        Tools go first, in a system turn, as Hermes-style templates list them; an
+        assistant turn's calls follow its text, one ``<tool_call>`` block each."""
+        turns = []
+        if tools:
+            listed = "\n".join(
+                f'{{"name": "{t.name}", "description": {json.dumps(t.description)}, '
+                f'"parameters": {t.parameters_json or "{}"}}}'
+                for t in tools
+            )
+            turns.append(f"<|system|>\n<tools>\n{listed}\n</tools><|end|>\n")
+        for m in messages:
+            calls = "".join(
+                f'\n<tool_call>\n{{"name": "{c.name}", "arguments": {c.arguments}}}\n</tool_call>'
+                for c in m.tool_calls
+            )
+            turns.append(f"<|{m.role}|>\n{m.content}{calls}<|end|>\n")
         return "".join(turns) + "<|assistant|>\n"
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:

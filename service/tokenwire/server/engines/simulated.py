@@ -139,7 +139,7 @@ class SimulatedEngine:
 
     async def tokenize(self, prompt: PromptInput, add_special_tokens: bool = True) -> list[int]:
         if prompt.messages is not None:
-            text = self._tokenizer.render_chat(prompt.messages)
+            text = self._tokenizer.render_chat(prompt.messages, prompt.tools)
         else:
             text = prompt.text or ""
         return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
