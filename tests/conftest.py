@@ -90,7 +90,8 @@ def stub(channel: grpc.aio.Channel) -> pb_grpc.GenerationServiceStub:
     return pb_grpc.GenerationServiceStub(channel)
 
 
-StubFactory = Callable[[Server], Awaitable[pb_grpc.GenerationServiceAsyncStub]]
+# The async stub exists in the generated stubs (.pyi) only: a string annotation.
+StubFactory = Callable[[Server], Awaitable["pb_grpc.GenerationServiceAsyncStub"]]
 
 
 @pytest.fixture
