@@ -3,11 +3,14 @@ schema is compiled once; the grammar of a forced call admits exactly valid calls
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from llguidance import LLMatcher
 
 from tokenwire.server.core import constraints
@@ -186,3 +189,51 @@ def test_a_forced_call_is_always_a_valid_call(fmt: ToolFormat, parallel: bool) -
             assert set(call) == {"name", fmt.arguments_key}
             jsonschema.validate(call[fmt.arguments_key], schemas[call["name"]])
     assert counts == {1} if not parallel else 1 in counts
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+SCHEMA_WORDS = st.sampled_from(
+    ["type", "properties", "items", "enum", "const", "anyOf", "oneOf", "$ref", "pattern",
+     "minimum", "maxLength", "required", "additionalProperties", "format", "$defs", "not"]
+)  # fmt: skip
+SCHEMAS_ = st.recursive(
+    st.sampled_from(["object", "string", "integer", "array", "#/$defs/a", "^a+$", 3, True, None]),
+    lambda inner: st.dictionaries(SCHEMA_WORDS, inner, max_size=4) | st.lists(inner, max_size=3),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["json_schema", "regex", "ebnf_grammar"]),
+    text=st.text(max_size=60) | SCHEMAS_.map(json.dumps) | JSON_VALUES.map(json.dumps),
+)
+def test_any_constraint_text_compiles_or_is_refused(kind: str, text: str) -> None:
+    """Never an error other than InvalidArgument (a client's text must not cause a 500)."""
+    try:
+        constraint = constraints.structured_output(so(**{kind: text}), LIMIT)
+    except InvalidArgument as error:
+        assert error.field == f"structured_output.{kind}"
+        return
+    assert constraint is not None
+    sim_matchers(SimTokenizer()).new(constraint)  # binds to a vocabulary too
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=80), cuts=st.lists(st.integers(0, 80), max_size=6))
+def test_the_parser_takes_any_text_in_any_pieces(text: str, cuts: list[int]) -> None:
+    from tokenwire.server.core.toolparse import CallParser
+
+    for fmt in (HERMES, LLAMA3_JSON):
+        parser = CallParser(fmt, frozenset({"f"}))
+        bounds = [0, *sorted(c for c in cuts if c < len(text)), len(text)]
+        outs = [parser.push(text[a:b]) for a, b in itertools.pairwise(bounds)]
+        outs.append(parser.finish())
+        if not any(calls for _, calls in outs):
+            assert "".join(content for content, _ in outs) == text
