@@ -155,6 +155,7 @@ async def test_auto_streams_calls_or_text_as_openai_shapes_them(http_server: Ser
         for event in events:
             choice = event["choices"][0]
             delta = choice["delta"]
+            assert delta or choice["finish_reason"], "no empty chunk (markup, split characters)"
             content += delta.get("content") or ""
             for part in delta.get("tool_calls", ()):
                 if part["index"] not in calls:  # a call's first part says what it is

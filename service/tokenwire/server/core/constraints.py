@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 
 from llguidance import LLMatcher
@@ -134,6 +135,8 @@ def _readable(problem: str) -> str:
     """llguidance's message, on one line without its source excerpt."""
     lines = [line.strip() for line in problem.strip().splitlines() if line.strip()]
     head = " ".join(line for line in lines if not line[:1].isdigit() and not line.startswith("^"))
+    # "at 1(8): ..." points into the grammar llguidance wraps the client's text in.
+    head = re.sub(r"^at \d+\(\d+\): ", "", head)
     return f"does not compile: {head or problem.strip()}"[:500]
 
 

@@ -316,10 +316,13 @@ class HttpDoor:
             if opening:
                 await out.part(framing.sse_events(opening))
             async for f in flushes:
-                data = framing.sse_event(answer.chunk(f.index, f.deltas))
+                data = b""
+                if answer.says_something(f.deltas):
+                    data = framing.sse_event(answer.chunk(f.index, f.deltas))
                 if f.last and parsed.include_usage:
                     data += framing.sse_event(answer.usage_chunk(_usage(gen)))
-                await out.part(data)
+                if data:
+                    await out.part(data)
         finally:
             keepalive.stop()
             await flushes.aclose()

@@ -113,6 +113,17 @@ class Answer:
         """One streamed chunk for one flush of one choice."""
         return self._chunk([self._choice(index, deltas, streaming=True)])
 
+    def says_something(self, deltas: Sequence[SequenceDelta]) -> bool:
+        """Whether a flush has anything for this client: not so for the tokens of a
+        tool call's markup, or of a character still incomplete, when it asked for
+        neither logprobs nor token ids (vLLM sends no chunk for those either)."""
+        if self._logprobs or self._token_ids:
+            return True
+        if len(deltas) == 1:  # most flushes
+            d = deltas[0]
+            return bool(d.text or d.tool_calls or d.finish_reason)
+        return any(d.text or d.tool_calls or d.finish_reason for d in deltas)
+
     def usage_chunk(self, usage: dict[str, Any]) -> bytes:
         body = self._base(self._object)
         body["choices"] = []
