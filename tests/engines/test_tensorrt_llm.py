@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -164,8 +164,9 @@ DEFAULTS = {
     ("values", "llm_class", "expected"),
     [
         # Iteration stats (load()) are asked for on the PyTorch backend only; the
-        # TensorRT LLM has them always and refuses the kwarg.
-        ({}, "LLM", {"enable_iter_perf_stats": True}),
+        # TensorRT LLM has them always and refuses the kwarg. Guided decoding: llguidance
+        # on PyTorch, xgrammar (the only one it takes) on prebuilt engines.
+        ({}, "LLM", {"enable_iter_perf_stats": True, "guided_decoding_backend": "llguidance"}),
         (
             {
                 "tokenizer": "org/tokenizer",
@@ -188,14 +189,19 @@ DEFAULTS = {
                 "max_seq_len": 2048,
                 "max_num_tokens": 4096,
                 "enable_iter_perf_stats": True,
+                "guided_decoding_backend": "llguidance",
             },
         ),
         (
             {"trtllm_backend": "tensorrt", "kv_cache_memory_fraction": 0.5, "max_seq_len": 1024},
             "_TrtLLM",
-            {"kv_cache_config": 0.5, "max_seq_len": 1024},
+            {"kv_cache_config": 0.5, "max_seq_len": 1024, "guided_decoding_backend": "xgrammar"},
         ),
-        ({"trtllm_backend": "tensorrt", "max_batch_size": 4}, "_TrtLLM", {"max_batch_size": 4}),
+        (
+            {"trtllm_backend": "tensorrt", "max_batch_size": 4},
+            "_TrtLLM",
+            {"max_batch_size": 4, "guided_decoding_backend": "xgrammar"},
+        ),
     ],
 )
 async def test_the_llm_gets_only_the_settings_that_are_set(
@@ -1011,7 +1017,7 @@ async def trt_server(trtllm: Any, make_server: ServerFactory) -> Server:
 
 @pytest.fixture
 async def trt_stub(trt_server: Server, stub_for: StubFactory) -> Stub:
-    return cast("Stub", await stub_for(trt_server))
+    return await stub_for(trt_server)
 
 
 def gen(**fields: Any) -> pb.GenerateRequest:

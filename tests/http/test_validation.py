@@ -38,7 +38,10 @@ CASES = [
     ("/v1/chat/completions", {**CHAT, "response_format": {"type": "xml"}}, "response_format.type"),
     (
         "/v1/chat/completions",
-        {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 1}}}},
+        {
+            **CHAT,
+            "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 1}}},
+        },
         "response_format.json_schema.schema",
     ),
     ("/v1/chat/completions", {**CHAT, "guided_regex": "[a-"}, "guided_regex"),
@@ -104,7 +107,11 @@ CASES = [
                 {
                     "role": "assistant",
                     "tool_calls": [
-                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "x"}}
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "x"},
+                        }
                     ],
                 },
             ]

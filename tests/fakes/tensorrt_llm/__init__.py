@@ -20,6 +20,11 @@ adapter must cope with:
 - A ``lora_request`` counts only with the LLM's LoRA settings (``lora_config``,
   or ``enable_lora`` on the TensorRT backend), and is otherwise ignored; an
   adapter is cached by its int id and changes the text ("LoRA adapters").
+- ``guided_decoding_backend`` ("xgrammar" or "llguidance"; prebuilt engines take
+  xgrammar only) makes a guided request's text satisfy its guide, compiled when
+  the request is first scheduled: a guide that does not compile fails that
+  request with "Guided decoding error: ..."; without a backend the PyTorch LLM
+  ignores guides ("Structured output").
 
 Test controls live in ``tensorrt_llm._fake``.
 """

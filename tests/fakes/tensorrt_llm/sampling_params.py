@@ -1,6 +1,8 @@
-"""``SamplingParams``: a keyword-only dataclass with the documented fields.
+"""``SamplingParams``: a keyword-only dataclass with the documented fields, and
+``GuidedDecodingParams``, its ``guided_decoding``.
 
-docs/tensorrt_llm.md, "SamplingParams", lists them and the greedy rule.
+docs/tensorrt_llm.md, "SamplingParams", lists them and the greedy rule; "Structured
+output" the guides and their one check.
 
 An unknown field is a TypeError, as with any dataclass: the fake cannot be
 handed ``random_seed``, ``stop_words``, ``beam_width`` or the like.
@@ -9,11 +11,30 @@ handed ``random_seed``, ``stop_words``, ``beam_width`` or the like.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from .llmapi.tokenizer import TransformersTokenizer
+
+
+@dataclass(slots=True, kw_only=True)
+class GuidedDecodingParams:
+    """One guide for a request; which backend reads it is the LLM's choice."""
+
+    json: str | BaseModel | dict[str, object] | None = None
+    regex: str | None = None
+    grammar: str | None = None  # EBNF to xgrammar, Lark to llguidance
+    json_object: bool = False
+    structural_tag: str | None = None
+
+    def _validate(self) -> None:
+        # At most one: a falsy value ("", False) does not count, and none at all is no guide.
+        num_guides = sum(bool(getattr(self, f.name)) for f in fields(self))
+        if num_guides > 1:
+            raise ValueError(f"Only one guide can be used for a request, but got {num_guides}.")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -57,7 +78,7 @@ class SamplingParams:
     return_perf_metrics: bool = False
     additional_model_outputs: list[object] | None = None
 
-    guided_decoding: object | None = None
+    guided_decoding: GuidedDecodingParams | None = None
     logits_processor: object | None = None
     embedding_bias: object | None = None
     lookahead_config: object | None = None
@@ -92,6 +113,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.temperature is not None and self.temperature < 0.0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.guided_decoding is not None:
+            self.guided_decoding._validate()
         self.logprobs = self.logprobs and int(self.logprobs)
 
     @property

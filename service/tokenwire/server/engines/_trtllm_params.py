@@ -34,11 +34,15 @@ _NO_LIMIT = 10**9  # HF's model_max_length is a huge sentinel when the model set
 
 
 def llm_kwargs(
-    settings: Settings, kv_cache_config: Callable[..., object], lora_config: object = None
+    settings: Settings,
+    kv_cache_config: Callable[..., object],
+    lora_config: object = None,
+    guided_backend: str | None = None,
 ) -> dict[str, object]:
     """``LLM(**kwargs)`` for the settings that are set: the LLM refuses unknown kwargs.
 
-    ``lora_config``: a ``LoraConfig`` when adapters are served (``_trtllm_lora.py``).
+    ``lora_config``: a ``LoraConfig`` when adapters are served (``_trtllm_lora.py``);
+    ``guided_backend``: the grammar engine for structured output (``_trtllm_guided.py``).
     """
     kwargs: dict[str, object] = {"model": settings.model}
     if settings.tokenizer:
@@ -65,6 +69,10 @@ def llm_kwargs(
         kwargs["lora_config"] = lora_config
         if settings.trtllm_backend == "tensorrt":
             kwargs["enable_lora"] = True
+    if guided_backend is not None:
+        # Unset, TensorRT-LLM has no guided decoder: the PyTorch backend then ignores a
+        # request's guide (docs/tensorrt_llm.md, "Structured output").
+        kwargs["guided_decoding_backend"] = guided_backend
     if settings.trtllm_backend == "pytorch":
         # Per-iteration stats (``get_stats_async``, what ``load()`` reads) are off by
         # default on the PyTorch backend; the TensorRT backend has them always, and its
@@ -137,6 +145,7 @@ _FIELDS = (
     ("top_p", "sampling.top_p"),
     ("top_k", "sampling.top_k"),
     ("temperature", "sampling.temperature"),
+    ("one guide", "structured_output"),
 )
 
 

@@ -19,6 +19,10 @@ details and the upstream files they come from):
   the executor is fatal: the engine turns unhealthy (``EngineUnavailable``).
 - Only settings that are set become ``LLM(...)`` kwargs, and only names that
   exist become ``SamplingParams`` fields: ``_trtllm_params.py``.
+- Structured output: the LLM gets a grammar engine (``guided_decoding_backend``)
+  and a request's constraint becomes ``GuidedDecodingParams`` written for that
+  engine (``_trtllm_guided.py``). TensorRT-LLM compiles it in its executor loop, so
+  a guide it cannot use fails that request only, as a ``RequestError``.
 - LoRA adapters (``--lora``): the LLM gets LoRA settings, and a request for an
   adapter its ``LoRARequest(name, id, path)``, made once per adapter at start
   with a stable id (``_trtllm_lora.py``).
@@ -40,6 +44,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from . import _trtllm_guided as guided
 from . import _trtllm_lora as lora
 from . import _trtllm_params as trt
 from ._trtllm_handle import TensorRTLLMHandle
@@ -52,6 +57,7 @@ from .base import (
     PromptInput,
     RequestFailed,
 )
+from .chat import render_chat
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -85,6 +91,8 @@ class TensorRTLLMEngine:
         self._tokenizer: Any = None  # TransformersTokenizer, or None
         self._takes_priority = False  # whether generate_async has a priority argument
         self._sampling_params: Any = None  # the SamplingParams class
+        self._guided_params: Any = None  # GuidedDecodingParams, if SamplingParams takes it
+        self._guided_backend: str | None = None  # the LLM's guided_decoding_backend
         self.request_error: type[Exception] = _Never  # RequestError, once imported
         self.response_queue: type | None = None  # AsyncQueue, once imported
         self._end_id: int | None = None  # passed only when there is no tokenizer
@@ -143,8 +151,9 @@ class TensorRTLLMEngine:
             llm_class = tensorrt_llm.LLM  # the PyTorch backend
         adapters = lora.read_adapters(s.lora_adapters())
         lora_config = self._lora_setup(adapters) if adapters else None
+        backend = guided.guided_backend(s)
         try:
-            llm = llm_class(**trt.llm_kwargs(s, llmapi.KvCacheConfig, lora_config))
+            llm = llm_class(**trt.llm_kwargs(s, llmapi.KvCacheConfig, lora_config, backend))
         except Exception as error:
             raise EngineUnavailable(f"TensorRT-LLM could not load {s.model!r}: {error}") from error
         try:
@@ -163,6 +172,9 @@ class TensorRTLLMEngine:
         self._tokenizer = llm.tokenizer
         self._end_id = None if llm.tokenizer is not None else self._description.eos_token_id
         self._sampling_params = tensorrt_llm.SamplingParams
+        self._guided_backend = backend
+        if "guided_decoding" in inspect.signature(tensorrt_llm.SamplingParams).parameters:
+            self._guided_params = getattr(llmapi, "GuidedDecodingParams", None)
         self.request_error = llmapi.RequestError
         self.response_queue = _response_queue_class()
         # Newer versions take a scheduling priority; older ones have no such argument.
@@ -199,13 +211,9 @@ class TensorRTLLMEngine:
         if tokenizer is None:
             raise InvalidInput(field, "the model has no tokenizer here: send token_ids")
         if prompt.messages is not None:
-            conversation = [{"role": m.role, "content": m.content} for m in prompt.messages]
-            try:
-                text = tokenizer.tokenizer.apply_chat_template(
-                    conversation, tokenize=False, add_generation_prompt=True
-                )
-            except ValueError as error:  # e.g. the model has no chat template
-                raise InvalidInput(field, str(error)) from error
+            # Tools, tool calls and tool results reach the template (InvalidInput when
+            # the model has no template or it refuses the conversation).
+            text = render_chat(tokenizer.tokenizer, prompt)
             add_special_tokens = False  # the template writes BOS and the like itself
         else:
             text = prompt.text or ""
@@ -229,8 +237,13 @@ class TensorRTLLMEngine:
         llm = self._running()
         if request.stop and self._tokenizer is None:
             raise InvalidInput("stopping.stop", "the model has no tokenizer here to match text")
+        kwargs = trt.sampling_kwargs(request, self._end_id)
+        if request.constraint is not None:
+            kwargs["guided_decoding"] = guided.guided_decoding(
+                self._guided_params, self._guided_backend, request.constraint
+            )
         try:
-            params = self._sampling_params(**trt.sampling_kwargs(request, self._end_id))
+            params = self._sampling_params(**kwargs)
         except ValueError as error:
             raise InvalidInput(trt.invalid_field(str(error), "sampling"), str(error)) from error
         extra: dict[str, Any] = {"priority": request.priority} if self._takes_priority else {}

@@ -6,6 +6,10 @@ gives every running sequence one token, sent as one response per sequence.
 The "model" writes words from tokenwire's simulated vocabulary and, often,
 accented, CJK and emoji words spelt in byte tokens.
 
+A request with a guide, on an LLM with a guided decoding backend, gets text its guide
+allows (``guided.py``); on the PyTorch LLM without one the guide is ignored, and the
+TensorRT one fails it.
+
 With stats on, each iteration also makes an iteration-stats record (the C++
 ``IterationStats`` as JSON: docs/tensorrt_llm.md, "Load statistics"), kept in
 a list bounded as the runtime bounds it, and a task hands the list over to the
@@ -29,11 +33,14 @@ from tokenwire.server.engines.simtok import EOS_ID, WORDS, SimTokenizer
 
 from .. import _fake
 from ..llmapi.utils import AsyncQueue, _SyncQueue
+from .guided import NO_GUIDED_DECODER, GuidedDecoder, GuideError, has_guide
 from .result import IterationResult, Logprob, Response
+from .stats import iteration_record
 from .utils import CppExecutorError
 
 if TYPE_CHECKING:
     from ..llmapi.tokenizer import TransformersTokenizer
+    from .guided import Guided
     from .result import GenerationResult
 
 _DEFAULT_MAX_STATS = 1000  # records the runtime keeps between hand-overs by default
@@ -54,6 +61,7 @@ class _Sequence:
         self.count = 0
         self.natural_length = rng.randint(10, 80)  # where the "model" says EOS
         self.pending: list[int] = []  # byte tokens of a word not yet written
+        self.guide: Guided | None = None  # under a guide, from the first iteration on
         self.done = False
 
 
@@ -69,6 +77,7 @@ class _Request:
         self.result = result
         self._to_notify = to_notify
         self.fault = fault
+        self.guide_error: str | None = None  # set when its guide cannot be used
         self.cached = cached
         self.produced = 0
         params = result.sampling_params
@@ -95,8 +104,12 @@ class GenerationExecutor:
         max_batch_size: int,
         iter_stats: bool = False,
         max_stats: int | None = None,
+        guided_backend: str | None = None,
+        unset_guides_fail: bool = False,
     ) -> None:
         self._tokenizer = tokenizer
+        self._guided = GuidedDecoder(guided_backend) if guided_backend else None
+        self._unset_guides_fail = unset_guides_fail  # the C++ executor's assertion
         self._iter_stats = iter_stats  # the runtime makes iteration-stats records
         self._max_stats = max(max_stats or _DEFAULT_MAX_STATS, 1)
         self._stats: list[str] = []  # made since the last hand-over (the runtime's list)
@@ -231,11 +244,15 @@ class GenerationExecutor:
             request = self._waiting.popleft()
             self._running[request.result.request_id] = request
             new += 1
+            self._build_guides(request)
         scheduled = list(self._running.values())
         # As PyExecutor counts them: active and queued once this iteration's are admitted.
         active, queued = len(scheduled), len(self._waiting)
         started = time.perf_counter()
         for request in scheduled:
+            if request.guide_error is not None:  # before any token
+                self._reject(request, request.guide_error)
+                continue
             if request.fault is not None and request.produced >= _fake.FAULT_AFTER_TOKENS:
                 self._fail(request)
                 if self._shutdown:
@@ -255,69 +272,54 @@ class GenerationExecutor:
         completed: int,
         started: float,
     ) -> None:
-        """One iteration's record, as ``IterationStats.to_json_str()`` writes it (the
-        optional parts it has none of are null). KV: each sequence holds whole blocks
-        for its prompt and its tokens so far, through this iteration."""
+        """Keep this iteration's record (``stats.py``). KV: each sequence holds whole
+        blocks for its prompt and its tokens so far, through this iteration."""
         per_block = _fake.tokens_per_block
-        total = _fake.kv_total_blocks
         used = 0
         for request in scheduled:
             prompt = len(request.result.prompt_token_ids)
             used += sum(-(-(prompt + seq.count) // per_block) for seq in request.seqs)
-        used = min(used, total)
         self._iter += 1
-        record: dict[str, object] = {
-            "timestamp": time.strftime("%m-%d-%Y %H:%M:%S"),
-            "iter": self._iter,
-            "iterLatencyMS": (time.perf_counter() - started) * 1e3 + _fake.step_s * 1e3,
-            "newActiveRequestsQueueLatencyMS": 0.0,
-            "numNewActiveRequests": new,
-            "numActiveRequests": active,
-            "numQueuedRequests": queued,
-            "numCompletedRequests": completed,
-            "maxNumActiveRequests": self._max_batch_size,
-            "maxBatchSizeStatic": self._max_batch_size,
-            "maxBatchSizeTunerRecommended": 0,
-            "maxBatchSizeRuntime": self._max_batch_size,
-            "maxNumTokensStatic": 8192,
-            "maxNumTokensTunerRecommended": 0,
-            "maxNumTokensRuntime": 8192,
-            "gpuMemUsage": 0,
-            "cpuMemUsage": 0,
-            "pinnedMemUsage": 0,
-            "kvCacheStats": {
-                "maxNumBlocks": total,
-                "freeNumBlocks": total - used,
-                "usedNumBlocks": used,
-                "tokensPerBlock": per_block,
-                "allocTotalBlocks": used,
-                "allocNewBlocks": 0,
-                "reusedBlocks": 0,
-                "missedBlocks": 0,
-                "cacheHitRate": 0.0,
-            },
-            "staticBatchingStats": None,
-            "inflightBatchingStats": {
-                "numScheduledRequests": active,
-                "numContextRequests": new,
-                "numGenRequests": active - new,
-                "numPausedRequests": 0,
-                "numCtxTokens": 0,
-                "microBatchId": 0,
-                "avgNumDecodedTokensPerIter": 1.0,
-            },
-            "specDecodingStats": None,
-        }
+        record = iteration_record(
+            iteration=self._iter,
+            used_blocks=used,
+            new=new,
+            active=active,
+            queued=queued,
+            completed=completed,
+            started=started,
+            max_batch_size=self._max_batch_size,
+        )
         _fake.stats_records.append(record)
         if len(self._stats) >= self._max_stats:  # the runtime drops the oldest
             self._stats.pop(0)
         self._stats.append(json.dumps(record))
 
+    def _build_guides(self, request: _Request) -> None:
+        """A matcher per sequence, when the runtime first schedules the request."""
+        guide = request.result.sampling_params.guided_decoding
+        if not has_guide(guide):
+            return
+        assert guide is not None
+        if self._guided is None:
+            if self._unset_guides_fail:
+                request.guide_error = NO_GUIDED_DECODER
+            return  # the PyTorch executor has no guided decoder: the guide is ignored
+        try:
+            for seq in request.seqs:
+                seq.guide = self._guided.sequence(guide, seq.rng)
+        except GuideError as error:
+            request.guide_error = f"Guided decoding error: {error}"
+
     def _advance(self, request: _Request) -> None:
         params = request.result.sampling_params
         open_seqs = [(i, s) for i, s in enumerate(request.seqs) if not s.done]
         for index, seq in open_seqs:
-            token = self._next_token(request, seq)
+            try:
+                token = self._next_token(request, seq)
+            except GuideError as error:  # a dead end (PR #18896 fails the request)
+                self._reject(request, f"Guided decoding error: {error}")
+                return
             seq.count += 1
             ids: tuple[int, ...] = (token,)
             finish = None
@@ -346,6 +348,8 @@ class GenerationExecutor:
 
     def _next_token(self, request: _Request, seq: _Sequence) -> int:
         params = request.result.sampling_params
+        if seq.guide is not None:
+            return seq.guide.next_token()
         if seq.pending:
             return seq.pending.pop(0)
         min_tokens = params.min_tokens or 0
@@ -386,10 +390,14 @@ class GenerationExecutor:
             return "fatal"
         return "request" if _fake.REQUEST_ERROR_MARK in text else None
 
+    def _reject(self, request: _Request, message: str) -> None:
+        """Fail one request with an error response; the rest go on."""
+        del self._running[request.result.request_id]
+        request.send(Response(error=message))
+
     def _fail(self, request: _Request) -> None:
         if request.fault == "request":
-            del self._running[request.result.request_id]
-            request.send(Response(error="fake per-request failure (an ErrorResponse)"))
+            self._reject(request, "fake per-request failure (an ErrorResponse)")
             return
         # A fatal error: every live request hears of it and the executor shuts down.
         error = CppExecutorError("fake executor failure: CUDA error (the executor is down)")

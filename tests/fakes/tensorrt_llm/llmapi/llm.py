@@ -23,7 +23,14 @@ from ..executor.result import GenerationResult
 from ..executor.utils import RequestError
 from ..lora_helper import LoraConfig, get_default_trtllm_modules_to_hf_modules, hf_target_modules
 from ..sampling_params import SamplingParams
-from .llm_args import COMMON_FIELDS, TORCH_ONLY_FIELDS, TRT_ONLY_FIELDS, KvCacheConfig, LlmArgs
+from .llm_args import (
+    COMMON_FIELDS,
+    GUIDED_DECODING_BACKENDS,
+    TORCH_ONLY_FIELDS,
+    TRT_ONLY_FIELDS,
+    KvCacheConfig,
+    LlmArgs,
+)
 from .tokenizer import FakeHFTokenizer, TransformersTokenizer
 
 _DEFAULT_MAX_BATCH_SIZE = 64
@@ -61,6 +68,13 @@ class BaseLLM:
             raise ValueError(f"kv_cache_config must be a KvCacheConfig, got {type(config)}")
         if tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be >= 1")
+        guided = kwargs.get("guided_decoding_backend")
+        if guided is not None and guided not in GUIDED_DECODING_BACKENDS:
+            # The pydantic Literal check of the args model.
+            raise ValueError(
+                "1 validation error for LlmArgs\nguided_decoding_backend\n  Input should be "
+                f"'xgrammar' or 'llguidance' [type=literal_error, input_value={guided!r}]"
+            )
         lora_config = kwargs.get("lora_config")
         if lora_config is not None:
             if not isinstance(lora_config, LoraConfig):
@@ -88,11 +102,14 @@ class BaseLLM:
         self._tokenizer: TransformersTokenizer | None = None
         if not skip_tokenizer_init and (tokenizer is not None or not no_tokenizer_files):
             self._tokenizer = TransformersTokenizer(FakeHFTokenizer())
+        self._check_guided_decoding_backend()
         self._executor: GenerationExecutor | None = GenerationExecutor(
             self._tokenizer,
             self.args.max_batch_size or _DEFAULT_MAX_BATCH_SIZE,
             iter_stats=self._iter_stats_enabled(),
             max_stats=self.args.iter_stats_max_iterations,
+            guided_backend=self.args.guided_decoding_backend,
+            unset_guides_fail=isinstance(self, _TrtLLM),
         )
         _fake.llms.append(self)
 
@@ -161,6 +178,11 @@ class BaseLLM:
 
     def _lora_enabled(self) -> bool:
         raise NotImplementedError
+
+    def _check_guided_decoding_backend(self) -> None:
+        """Setting a backend up reads the tokenizer's vocabulary: there must be one."""
+        if self.args.guided_decoding_backend is not None:
+            assert self._tokenizer is not None  # get_guided_decoding_config's assert
 
     def get_stats_async(self, timeout: float | None = 2) -> AsyncIterator[dict[str, object]]:
         """Iteration stats: an async iterator of dicts (docs/tensorrt_llm.md, "Load
@@ -260,6 +282,14 @@ class _TorchLLM(BaseLLM):
 
 class _TrtLLM(BaseLLM):
     _fields = COMMON_FIELDS | TRT_ONLY_FIELDS
+
+    def _check_guided_decoding_backend(self) -> None:
+        """``_build_model``: the C++ executor gets xgrammar, and nothing else."""
+        backend = self.args.guided_decoding_backend
+        if backend is not None and backend != "xgrammar":
+            raise ValueError(f"Unsupported guided decoding backend {backend}")
+        if backend is not None and self._tokenizer is None:  # _xgrammar_tokenizer_info(None)
+            raise AttributeError("'NoneType' object has no attribute 'eos_token_id'")
 
     def _lora_enabled(self) -> bool:
         # enable_lora builds the LoRA plugin in, and the worker makes a LoRA manager

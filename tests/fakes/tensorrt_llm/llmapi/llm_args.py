@@ -44,8 +44,13 @@ COMMON_FIELDS = frozenset(
         # when enable_lora is (docs/tensorrt_llm.md, "LoRA adapters").
         "enable_lora",
         "lora_config",
+        # BaseLlmArgs: Optional[Literal["xgrammar", "llguidance"]], None (off) by default;
+        # the TensorRT LLM builds with xgrammar only (docs/tensorrt_llm.md, "Structured
+        # output").
+        "guided_decoding_backend",
     }
 )
+GUIDED_DECODING_BACKENDS = ("xgrammar", "llguidance")
 # TrtLlmArgs only: the PyTorch LLM refuses them with a hint to use _tensorrt_engine.
 TRT_ONLY_FIELDS = frozenset(
     {
@@ -116,6 +121,11 @@ class LlmArgs:
     def iter_stats_max_iterations(self) -> int | None:
         value = self._get("iter_stats_max_iterations")
         return value if isinstance(value, int) else None
+
+    @property
+    def guided_decoding_backend(self) -> str | None:
+        value = self._get("guided_decoding_backend")
+        return value if isinstance(value, str) else None
 
     @property
     def enable_lora(self) -> bool:

@@ -3,12 +3,19 @@
 The HF-like tokenizer is tokenwire's simulated vocabulary: common words are
 single tokens, anything else is spelt in byte tokens, so accented letters, CJK
 and emoji span several tokens, as with byte-level BPE.
+
+Its chat template is written in Python, in the manner of Hermes and Qwen templates:
+tools in a system turn, an assistant's calls as ``<tool_call>`` JSON, a tool's
+result in a ``<tool_response>``; it reads what Hugging Face templates read
+(``tools=[{"type": "function", "function": {...}}]``, ``tool_calls`` with the
+arguments as an object, ``tool_call_id``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, overload
+from typing import Any, ClassVar, overload
 
 from tokenwire.server.engines.simtok import BOS_ID, EOS_ID, SPECIAL_TOKENS, SimTokenizer
 
@@ -22,6 +29,9 @@ class FakeHFTokenizer:
     bos_token_id = BOS_ID
     pad_token_id = 0
     all_special_tokens: ClassVar[list[str]] = list(SPECIAL_TOKENS)
+    # Its text is never read (the template is render_chat below); tests set it to None
+    # for a model without one.
+    chat_template: str | None = "fake-hermes"
 
     def __init__(self) -> None:
         self._sim = SimTokenizer()
@@ -57,14 +67,17 @@ class FakeHFTokenizer:
 
     def apply_chat_template(
         self,
-        conversation: Sequence[Mapping[str, str]],
+        conversation: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
         tokenize: bool = True,  # HF's default: token ids, unless asked for text
         add_generation_prompt: bool = False,
     ) -> str | list[int]:
-        # Like most HF templates, this one starts with the BOS token itself.
-        text = "<|bos|>" + "".join(
-            f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in conversation
-        )
+        if not self.chat_template:  # as transformers says it
+            raise ValueError(
+                "Cannot use chat template functions because tokenizer.chat_template is not "
+                "set and no template argument was passed!"
+            )
+        text = render_chat(conversation, tools or ())
         if add_generation_prompt:
             text += "<|assistant|>\n"
         return self.encode(text, add_special_tokens=False) if tokenize else text
@@ -73,6 +86,28 @@ class FakeHFTokenizer:
         if not 0 <= token_id < self._sim.vocab_size:
             return None  # HF fast tokenizers answer None for an unknown id
         return self._sim.token_string(token_id)
+
+
+def render_chat(
+    conversation: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+) -> str:
+    """The template: like most HF templates, it starts with the BOS token itself."""
+    text = "<|bos|>"
+    if tools:
+        listed = "\n".join(json.dumps(tool["function"]) for tool in tools)
+        text += f"<|system|>\n# Tools\n<tools>\n{listed}\n</tools><|end|>\n"
+    for turn in conversation:
+        body = str(turn["content"])
+        for call in turn.get("tool_calls") or ():
+            function = call["function"]
+            # Templates write the arguments with tojson: an object, not a string.
+            payload = {"name": function["name"], "arguments": function["arguments"]}
+            body += f"\n<tool_call>\n{json.dumps(payload)}\n</tool_call>"
+        if turn["role"] == "tool":
+            call_id = turn.get("tool_call_id", "")
+            body = f'<tool_response id="{call_id}">\n{body}\n</tool_response>'
+        text += f"<|{turn['role']}|>\n{body}<|end|>\n"
+    return text
 
 
 class TransformersTokenizer:
@@ -102,10 +137,11 @@ class TransformersTokenizer:
 
     def apply_chat_template(
         self,
-        conversation: Sequence[Mapping[str, str]],
+        conversation: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
         tokenize: bool = True,
         add_generation_prompt: bool = False,
     ) -> str | list[int]:
         return self.tokenizer.apply_chat_template(
-            conversation, tokenize=tokenize, add_generation_prompt=add_generation_prompt
+            conversation, tools, tokenize=tokenize, add_generation_prompt=add_generation_prompt
         )
