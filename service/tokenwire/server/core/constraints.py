@@ -25,12 +25,11 @@ import re
 from collections.abc import Sequence
 
 from llguidance import LLMatcher
-from llguidance.gbnf_to_lark import gbnf_to_lark
 
 from tokenwire.v1 import generation_pb2 as pb
 
 from ..engines.base import Constraint, ConstraintKind
-from ..engines.grammar import parser_limits
+from ..engines.grammar import lark_of_gbnf, parser_limits
 from .errors import InvalidArgument
 
 MAX_CHOICES = 1024
@@ -116,11 +115,7 @@ def _grammar(kind: ConstraintKind, value: str, choices: tuple[str, ...]) -> str:
     if kind == "regex":
         return LLMatcher.grammar_from_regex(value)
     if kind == "grammar":
-        try:
-            lark_text = gbnf_to_lark(value)
-        except Exception as error:  # its parser raises several kinds, all "not GBNF"
-            raise ValueError(f"is not a GBNF grammar: {error}") from None
-        return LLMatcher.grammar_from_lark(lark_text)
+        return LLMatcher.grammar_from_lark(lark_of_gbnf(value))
     if kind == "lark":
         return LLMatcher.grammar_from_lark(value)
     # choice: each one a string literal (JSON's escapes are Lark's).

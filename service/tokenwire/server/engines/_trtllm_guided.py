@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llguidance.gbnf_to_lark import gbnf_to_lark
-
 from .base import Constraint, EngineUnavailable, InvalidInput
+from .grammar import lark_of_gbnf
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -128,9 +127,9 @@ def xgrammar_ebnf(gbnf: str) -> str:
 
 def _lark_of(gbnf: str) -> str:
     try:
-        return gbnf_to_lark(gbnf)
-    except Exception as error:  # the server converted it already: only a bug comes here
-        raise InvalidInput("structured_output", f"is not a GBNF grammar: {error}") from error
+        return lark_of_gbnf(gbnf)
+    except ValueError as error:  # the server converted it already: only a bug comes here
+        raise InvalidInput("structured_output", str(error)) from error
 
 
 def choice_grammar(choices: Sequence[str], backend: str) -> str:

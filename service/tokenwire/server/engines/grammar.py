@@ -14,11 +14,13 @@ sequence gets a ``deep_copy`` (microseconds) of the compiled matcher.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer, TokenizerWrapper
+from llguidance.gbnf_to_lark import gbnf_to_lark
 
 from .base import Constraint, InvalidInput
 
@@ -63,6 +65,33 @@ class Matchers:
         else:
             self._cache.move_to_end(grammar)
         return compiled.deep_copy()
+
+
+# A backslash pair, or a \u escape with a leading zero, or any \U escape.
+_ZERO_LED = re.compile(r"(\\\\)|\\u(0[0-9a-fA-F]{3})|\\U([0-9a-fA-F]{8})")
+
+
+def lark_of_gbnf(gbnf: str) -> str:
+    r"""A GBNF grammar in llguidance's Lark; ValueError if it is no GBNF.
+
+    llguidance 1.9's converter writes "\u00e9" as "\ue9" (it strips leading
+    zeros), which no Lark reads: such escapes go in as "\xNN", or as the
+    character itself beyond one byte, which means the same in GBNF."""
+    try:
+        return gbnf_to_lark(_ZERO_LED.sub(_unescape, gbnf))
+    except Exception as error:  # its parser raises several kinds, all "not GBNF"
+        raise ValueError(f"is not a GBNF grammar: {error}") from None
+
+
+def _unescape(match: re.Match[str]) -> str:
+    if match.group(1):
+        return match.group(1)
+    point = int(match.group(2) or match.group(3), 16)
+    if point < 0x100:
+        return f"\\x{point:02x}"
+    if 0xD800 <= point < 0xE000 or point > 0x10FFFF:
+        return match.group(0)  # no character: the converter says so
+    return chr(point)
 
 
 def allowed_tokens(matcher: LLMatcher) -> int:
