@@ -47,6 +47,66 @@ _COMMON: dict[str, Any] = {
     },
     "return_token_ids": _BOOL,
     "user": _STR,
+    # Structured output (docs/structured-output.md): one of them per request.
+    "response_format": {
+        "type": "object",
+        "nullable": True,
+        "properties": {
+            "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+            "json_schema": {
+                "type": "object",
+                "properties": {"name": _STR, "schema": {"type": "object"}, "strict": _BOOL},
+            },
+        },
+    },
+    "guided_json": {"oneOf": [_STR, {"type": "object"}], "nullable": True},
+    "guided_regex": {**_STR, "nullable": True},
+    "guided_choice": {"type": "array", "items": _STR, "nullable": True},
+    "guided_grammar": {**_STR, "nullable": True},
+}
+
+_FUNCTION = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": _STR, "description": _STR, "parameters": {"type": "object"}},
+}
+_CALL = {
+    "type": "object",
+    "properties": {
+        "id": _STR,
+        "type": {"type": "string", "enum": ["function"]},
+        "function": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": _STR, "arguments": _STR},
+        },
+    },
+}
+# Tool calls (docs/tools.md): chat only.
+_TOOLS: dict[str, Any] = {
+    "tools": {
+        "type": "array",
+        "nullable": True,
+        "items": {
+            "type": "object",
+            "required": ["function"],
+            "properties": {"type": {"type": "string", "enum": ["function"]}, "function": _FUNCTION},
+        },
+    },
+    "tool_choice": {
+        "oneOf": [
+            {"type": "string", "enum": ["none", "auto", "required"]},
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["function"]},
+                    "function": {"type": "object", "properties": {"name": _STR}},
+                },
+            },
+        ],
+        "nullable": True,
+    },
+    "parallel_tool_calls": {**_BOOL, "nullable": True},
 }
 
 _MESSAGE = {
@@ -68,6 +128,8 @@ _MESSAGE = {
             "nullable": True,
         },
         "name": _STR,
+        "tool_calls": {"type": "array", "items": _CALL, "nullable": True},
+        "tool_call_id": _STR,
     },
 }
 
@@ -144,6 +206,7 @@ DOCUMENT: dict[str, Any] = {
                 "required": ["messages"],
                 "properties": {
                     **_COMMON,
+                    **_TOOLS,
                     "messages": {"type": "array", "items": _MESSAGE},
                     "max_completion_tokens": {**_INT, "nullable": True},
                 },
