@@ -6,6 +6,8 @@
         for chunk in client.generate("Once upon a time", max_tokens=64):
             print(chunk.text, end="", flush=True)
 
+Structured output (``json_schema=``, ``regex=``, ...) and tools (``tools=``,
+``tool_choice=``) are options of the same calls; see `GenerateOptions`.
 `AsyncClient` is the same API for asyncio. Errors are `TokenwireError` subclasses;
 the tree is drawn in `tokenwire.client._errors`.
 """
@@ -38,11 +40,14 @@ from tokenwire.client._models import (
     Timing,
     Tokenization,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
     Usage,
 )
 from tokenwire.client._sync import Client, Stream
-from tokenwire.client._types import FinishReason, GenerateOptions, Message, Messages
+from tokenwire.client._toolcalls import ToolCallAccumulator
+from tokenwire.client._types import FinishReason, GenerateOptions, Message, Messages, Tool
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -76,6 +81,10 @@ __all__ = [
     "TokenLogprob",
     "Tokenization",
     "TokenwireError",
+    "Tool",
+    "ToolCall",
+    "ToolCallAccumulator",
+    "ToolCallDelta",
     "TopLogprob",
     "Unavailable",
     "Usage",

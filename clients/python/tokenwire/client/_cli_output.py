@@ -1,4 +1,5 @@
-"""How the ``tokenwire`` command prints a stream: text, JSON lines, log probabilities, stats.
+"""How the ``tokenwire`` command prints a stream: text, tool calls, JSON lines, log
+probabilities, stats.
 
 Text and log probabilities go to stdout, so that they can be piped; ``--stats`` go
 to stderr, so that they never mix with the text.
@@ -11,7 +12,14 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tokenwire.client import Chunk, Stream, TokenLogprob
+from tokenwire.client import (
+    Chunk,
+    Stream,
+    TokenLogprob,
+    ToolCall,
+    ToolCallAccumulator,
+    ToolCallDelta,
+)
 
 
 def print_stream(
@@ -19,24 +27,34 @@ def print_stream(
 ) -> bool:
     """Print `stream` as it arrives; returns False when Ctrl-C cut it short.
 
-    One sequence is printed as it arrives. Several would interleave, so each is
-    printed whole when it finishes, under a ``--- <index> ---`` line. With
-    `logprobs`, a table of each sequence's tokens follows its text.
+    One sequence is printed as it arrives, each tool call on a line of its own
+    (``tool call NAME (ID): ``, then its arguments as they come). Several sequences
+    would interleave, so each is printed whole when it finishes, under a
+    ``--- <index> ---`` line. With `logprobs`, a table of each sequence's tokens
+    follows its text.
     """
     received: dict[int, list[Chunk]] = {}
+    calls = ToolCallAccumulator()
     as_it_arrives = not json_lines and sequences <= 1
+    line_open = False  # text written since the last newline (a call starts a new line)
     finished = True
     try:
         with stream:
             for chunk in stream:
                 received.setdefault(chunk.index, []).append(chunk)
+                calls.add(chunk)
                 if json_lines:
                     print(json.dumps(dataclasses.asdict(chunk), ensure_ascii=False), flush=True)
                 elif as_it_arrives:
-                    sys.stdout.write(chunk.text)
-                    sys.stdout.flush()
+                    line_open = _write_live(chunk, line_open)
                 elif chunk.finish_reason is not None:
-                    print(f"--- {chunk.index} ---\n{stream.texts[chunk.index]}", flush=True)
+                    text = stream.texts[chunk.index]
+                    made = calls.calls(chunk.index)
+                    lines = [f"--- {chunk.index} ---"]
+                    if text or not made:  # no empty line above an answer of calls only
+                        lines.append(text)
+                    lines.extend(_call_header(call) + call.arguments for call in made)
+                    print("\n".join(lines), flush=True)
                     if logprobs:
                         _print_logprobs(received[chunk.index])
     except KeyboardInterrupt:
@@ -50,6 +68,24 @@ def print_stream(
     if stats:
         print(_stats(stream), file=sys.stderr, flush=True)
     return finished
+
+
+def _write_live(chunk: Chunk, line_open: bool) -> bool:
+    """Write a chunk's text and tool-call deltas; returns whether a line is left open."""
+    parts = [chunk.text]
+    line_open = line_open if not chunk.text else not chunk.text.endswith("\n")
+    for delta in chunk.tool_calls:
+        if delta.name:  # a call's first delta
+            parts.append(("\n" if line_open else "") + _call_header(delta))
+            line_open = True
+        parts.append(delta.arguments)
+    sys.stdout.write("".join(parts))
+    sys.stdout.flush()
+    return line_open
+
+
+def _call_header(call: ToolCall | ToolCallDelta) -> str:
+    return f"tool call {call.name}" + (f" ({call.id})" if call.id else "") + ": "
 
 
 def _print_logprobs(chunks: Sequence[Chunk]) -> None:

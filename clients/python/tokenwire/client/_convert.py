@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from tokenwire.client import _structured
 from tokenwire.client._models import (
     Choice,
     Chunk,
@@ -18,6 +19,8 @@ from tokenwire.client._models import (
     Timing,
     Tokenization,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
     Usage,
 )
@@ -50,13 +53,14 @@ _OPTION_GROUPS: dict[str, tuple[str, ...]] = {
 }
 _TOP_LEVEL = ("request_id", "model")
 _REPEATED = frozenset({"stop", "stop_token_ids"})
-OPTION_NAMES = frozenset(_TOP_LEVEL).union(*_OPTION_GROUPS.values())
+OPTION_NAMES = frozenset(_TOP_LEVEL).union(*_OPTION_GROUPS.values(), _structured.OPTION_NAMES)
 
 _FINISH_REASONS: dict[int, FinishReason] = {
     pb.FINISH_REASON_STOP: "stop",
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
     pb.FINISH_REASON_CANCELLED: "cancelled",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 
 
@@ -95,6 +99,7 @@ def generate_request(
                 getattr(target, name).extend([value] if isinstance(value, str) else value)
             else:
                 setattr(target, name, value)
+    _structured.apply(request, options)
     return request
 
 
@@ -114,14 +119,15 @@ def tokenize_request(
 
 
 def chat_messages(messages: Messages) -> pb.ChatMessages:
-    """``[{"role": "user", "content": "Hi"}]`` or ``[("user", "Hi")]`` to ChatMessages."""
+    """``[{"role": "user", "content": "Hi"}]`` or ``[("user", "Hi")]`` to ChatMessages;
+    dicts may carry ``tool_calls`` and ``tool_call_id`` (see `Message`)."""
     result = pb.ChatMessages()
-    for message in messages:
+    for i, message in enumerate(messages):
         if isinstance(message, tuple):
             role, content = message
+            result.messages.add(role=role, content=content)
         else:
-            role, content = message["role"], message["content"]
-        result.messages.add(role=role, content=content)
+            result.messages.append(_structured.chat_message(message, f"messages[{i}]"))
     return result
 
 
@@ -144,6 +150,10 @@ def chunk(response: pb.GenerateResponse) -> Chunk:
         ),
         usage=_usage(response.usage) if response.HasField("usage") else None,
         timing=_timing(response.timing) if response.HasField("timing") else None,
+        tool_calls=tuple(
+            ToolCallDelta(index=d.index, id=d.id, name=d.name, arguments=d.arguments)
+            for d in response.tool_calls
+        ),
     )
 
 
@@ -163,6 +173,7 @@ def completion(response: pb.CompleteResponse) -> Completion:
                 cumulative_logprob=(
                     choice.cumulative_logprob if choice.HasField("cumulative_logprob") else None
                 ),
+                tool_calls=tuple(ToolCall(c.id, c.name, c.arguments) for c in choice.tool_calls),
             )
             for choice in response.choices
         ),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from tokenwire.client._types import FinishReason
 
@@ -54,11 +56,51 @@ class Timing:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One whole call of a tool: run it, then send its result back in a tool turn.
+
+        for call in completion.tool_calls:
+            result = TOOLS[call.name](**call.parsed_arguments())
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+
+    The assistant turn before those results may carry the calls themselves, as
+    ``{"role": "assistant", "tool_calls": completion.tool_calls}``.
+    """
+
+    id: str
+    """Unique in its conversation: a tool turn names it in ``tool_call_id``."""
+    name: str
+    arguments: str
+    """The arguments object, as the model wrote it (JSON text)."""
+
+    def parsed_arguments(self) -> dict[str, Any]:
+        """The arguments as a dict; ValueError when they are not a JSON object (a
+        call cut short by a cancel or by max_tokens)."""
+        value = json.loads(self.arguments)
+        if not isinstance(value, dict):
+            raise ValueError(f"arguments of {self.name} are not a JSON object")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """Part of a tool call as it streams: a call's first delta has its `id` and
+    `name`, later ones the next fragment of its `arguments` ("" where absent).
+    `ToolCallAccumulator` puts them back together."""
+
+    index: int
+    """Which call of the sequence this is, from 0."""
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """One streamed piece of one sequence: the text and tokens new since the last chunk.
 
     `finish_reason` is set on a sequence's last chunk; `usage` and `timing` on the
-    last chunk of the whole call.
+    last chunk of the whole call. `tool_calls` carries the calls as they stream.
     """
 
     request_id: str
@@ -72,6 +114,7 @@ class Chunk:
     cumulative_logprob: float | None = None
     usage: Usage | None = None
     timing: Timing | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +128,15 @@ class Choice:
     stop_match: StopMatch | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     cumulative_logprob: float | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
     """A whole generation, from `complete()` or a stream's `collect()`.
 
-    `text` and `finish_reason` are those of the first sequence; with ``n > 1``
-    read `choices`.
+    `text`, `finish_reason` and `tool_calls` are those of the first sequence; with
+    ``n > 1`` read `choices`.
     """
 
     request_id: str
@@ -107,6 +151,10 @@ class Completion:
     @property
     def finish_reason(self) -> FinishReason | None:
         return self.choices[0].finish_reason if self.choices else None
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return self.choices[0].tool_calls if self.choices else ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,10 @@ from tokenwire.client._models import (
     StopMatch,
     Timing,
     TokenLogprob,
+    ToolCall,
     Usage,
 )
+from tokenwire.client._toolcalls import ToolCallAccumulator
 from tokenwire.client._types import FinishReason
 from tokenwire.v1 import generation_pb2 as pb
 
@@ -111,7 +113,7 @@ class _Sequence:
         self.stop_match: StopMatch | None = None
         self.cumulative: float | None = None
 
-    def choice(self, index: int) -> Choice:
+    def choice(self, index: int, tool_calls: tuple[ToolCall, ...]) -> Choice:
         return Choice(
             index=index,
             text="".join(self.parts),
@@ -120,6 +122,7 @@ class _Sequence:
             stop_match=self.stop_match,
             logprobs=tuple(self.logprobs),
             cumulative_logprob=self.cumulative,
+            tool_calls=tool_calls,
         )
 
 
@@ -129,6 +132,7 @@ class BaseStream:
     def __init__(self, request_id: str) -> None:
         self._request_id = request_id
         self._sequences: dict[int, _Sequence] = {}
+        self._tool_calls = ToolCallAccumulator()
         self._usage: Usage | None = None
         self._timing: Timing | None = None
         self._started = time.perf_counter()
@@ -164,6 +168,12 @@ class BaseStream:
         """The token ids of sequence 0 so far."""
         sequence = self._sequences.get(0)
         return tuple(sequence.token_ids) if sequence else ()
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls of sequence 0 so far, whole; the last one's arguments may
+        still be arriving until the sequence ends."""
+        return self._tool_calls.calls(0)
 
     @property
     def token_count(self) -> int:
@@ -215,7 +225,10 @@ class BaseStream:
     def _completion(self) -> Completion:
         return Completion(
             request_id=self._request_id,
-            choices=tuple(self._sequences[i].choice(i) for i in sorted(self._sequences)),
+            choices=tuple(
+                self._sequences[i].choice(i, self._tool_calls.calls(i))
+                for i in sorted(self._sequences)
+            ),
             usage=self._usage,
             timing=self._timing,
         )
@@ -256,6 +269,7 @@ class BaseStream:
         sequence.parts.append(chunk.text)
         sequence.token_ids.extend(chunk.token_ids)
         sequence.logprobs.extend(chunk.logprobs)
+        self._tool_calls.add(chunk)
         sequence.finish_reason = chunk.finish_reason or sequence.finish_reason
         sequence.stop_match = chunk.stop_match or sequence.stop_match
         if chunk.cumulative_logprob is not None:

@@ -5,15 +5,28 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal, TypedDict
 
-FinishReason = Literal["stop", "length", "stop_sequence", "cancelled"]
+FinishReason = Literal["stop", "length", "stop_sequence", "cancelled", "tool_calls"]
 """Why a sequence ended. stop: the model's end-of-sequence token; length: max_tokens
 or the model's context; stop_sequence: one of `stop` or `stop_token_ids` matched;
-cancelled: aborted before it finished."""
+cancelled: aborted before it finished; tool_calls: it ended with tool calls."""
 
-Message = Mapping[str, str] | tuple[str, str]
-"""One chat turn: ``{"role": "user", "content": "Hi"}`` or ``("user", "Hi")``."""
+Message = Mapping[str, object] | tuple[str, str]
+"""One chat turn: ``{"role": "user", "content": "Hi"}`` or ``("user", "Hi")``.
+
+An assistant turn may carry the calls it made, ``"tool_calls": [...]``, each a
+`ToolCall`, ``{"id", "name", "arguments"}`` or OpenAI's ``{"id", "type": "function",
+"function": {"name", "arguments"}}`` (arguments a dict or JSON text); its
+``content`` may then be left out. A tool turn answers one call:
+``{"role": "tool", "tool_call_id": "call_...", "content": "18 degrees"}``.
+"""
 
 Messages = Sequence[Message]
+
+Tool = Mapping[str, object]
+"""A function the model may call, in OpenAI's shape ``{"type": "function", "function":
+{"name", "description", "parameters"}}`` or flat ``{"name", "description",
+"parameters"}``; ``parameters`` is the JSON Schema of its arguments object, a dict or
+JSON text (left out: no arguments)."""
 
 MetadataLike = Mapping[str, str] | Sequence[tuple[str, str]]
 """gRPC metadata sent with every call: a mapping or (key, value) pairs."""
@@ -73,3 +86,26 @@ class GenerateOptions(TypedDict, total=False):
     """Caller's id, echoed on every response; the server assigns one when unset."""
     model: str
     """Must name the served model when set (see `model_info()`)."""
+
+    # Structured output: at most one of the five.
+    json_schema: Mapping[str, object] | str
+    """The answer is JSON valid against this JSON Schema (a dict, or its JSON text)."""
+    json_object: bool
+    """True: the answer is a JSON object, any object (False: no constraint)."""
+    regex: str
+    """The whole answer matches this regular expression."""
+    grammar: str
+    """The answer matches the root rule of this GBNF grammar (llama.cpp's EBNF)."""
+    choice: Sequence[str]
+    """The answer is exactly one of these strings."""
+
+    # Tools: need `messages`; calls come back in `tool_calls`.
+    tools: Sequence[Tool]
+    """Functions the model may call."""
+    tool_choice: str
+    """"auto" (the default with tools), "none", "required" (at least one call), or a
+    tool's name (a call of that tool); a required or named call is forced and its
+    arguments validate against the tool's parameters."""
+    parallel_tool_calls: bool
+    """False: a sequence makes one call at most, which the server enforces on a forced
+    call (server default: true)."""

@@ -3,11 +3,14 @@
     tokenwire generate "Once upon a time" --max-tokens 64 --stats
     echo "Once upon a time" | tokenwire generate - --logprobs
     tokenwire chat "What is gRPC?" --system "Answer in one line."
+    tokenwire generate "A person:" --json-schema person.schema.json
+    tokenwire chat "Weather in Paris?" --tools tools.json --tool-choice required
     tokenwire --target 10.0.0.5:50051 info
     tokenwire tokenize "Hello world" --json
 
-Text is printed as it arrives. Ctrl-C cancels the call (the server aborts the
-generation), prints the ``--stats`` of what arrived when asked for, and exits 130.
+Text is printed as it arrives, tool calls as ``tool call NAME (ID): ARGUMENTS``.
+Ctrl-C cancels the call (the server aborts the generation), prints the ``--stats``
+of what arrived when asked for, and exits 130.
 A failed call prints ``error: <CODE>: <details>`` to stderr and exits 2 for an
 invalid request, 1 otherwise. The connection flags go before or after the command;
 ``--target`` and ``--api-key`` default to $TOKENWIRE_TARGET and $TOKENWIRE_API_KEY.
@@ -35,6 +38,7 @@ from tokenwire.client import (
     TokenwireError,
 )
 from tokenwire.client._cli_output import print_stream
+from tokenwire.client._cli_structured import add_structured_flags, structured_options
 from tokenwire.client._stream import DEFAULT_RESUME_GRACE_S
 
 EXIT_USAGE = 2
@@ -157,9 +161,8 @@ def _resume_grace(args: argparse.Namespace) -> float | None:
 def _options(args: argparse.Namespace) -> GenerateOptions:
     """The generation flags the user gave; the rest keep the server's defaults."""
     given = {name: getattr(args, name) for name in _GENERATION_FLAGS}
-    return cast(
-        GenerateOptions, {name: value for name, value in given.items() if value is not None}
-    )
+    options = {name: value for name, value in given.items() if value is not None}
+    return cast(GenerateOptions, {**options, **structured_options(args)})
 
 
 def _add_global_flags(
@@ -322,10 +325,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     generate = command("generate", _generate, "stream a completion of PROMPT")
     generate.add_argument("prompt", help="the prompt; - reads it from standard input")
     _add_generation_flags(generate)
+    add_structured_flags(generate, tools=False)
     chat = command("chat", _chat, "stream the reply to MESSAGE")
     chat.add_argument("message")
     chat.add_argument("--system", help="system prompt before the message (default: none)")
     _add_generation_flags(chat)
+    add_structured_flags(chat, tools=True)
     command("info", _info, "describe the served model and limits")
     tokenize = command("tokenize", _tokenize, "show the tokens of TEXT")
     tokenize.add_argument("text")
