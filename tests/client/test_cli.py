@@ -215,9 +215,21 @@ def test_version_comes_from_the_package_metadata() -> None:
     assert done.stdout == f"tokenwire {importlib.metadata.version('tokenwire')}\n"
 
 
-def test_every_generate_flag_shows_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+_SOME_FLAGS = ["--target", "--tls-client-cert", "--tls-client-key", "--max-tokens", "--min-tokens"]
+_SOME_FLAGS += ["--stop", "--stop-token-id", "--logprobs", "--top-logprobs", "--stats"]
+_STRUCTURED = ["--json-schema", "--json-object", "--regex", "--grammar", "--choice"]
+_TOOLS = ["--tools", "--tool-choice", "--no-parallel-tool-calls"]
+
+
+@pytest.mark.parametrize(
+    ("command", "some"),
+    [("generate", _SOME_FLAGS + _STRUCTURED), ("chat", _STRUCTURED + _TOOLS)],
+)
+def test_every_flag_shows_its_default(
+    capsys: pytest.CaptureFixture[str], command: str, some: list[str]
+) -> None:
     with pytest.raises(SystemExit) as caught:
-        main(["generate", "--help"], environ={})
+        main([command, "--help"], environ={})
     assert caught.value.code == 0
     # An entry starts with its flag, indented by two, and goes on in deeper lines.
     entries: dict[str, str] = {}
@@ -231,8 +243,6 @@ def test_every_generate_flag_shows_its_default(capsys: pytest.CaptureFixture[str
             entries[flag] += " " + line.strip()
         else:
             flag = None
-    some = ["--target", "--tls-client-cert", "--tls-client-key", "--max-tokens", "--min-tokens"]
-    some += ["--stop", "--stop-token-id", "--logprobs", "--top-logprobs", "--stats"]
     assert set(some) <= set(entries)
     assert [entry for entry in entries.values() if "(default: " not in entry] == []
 

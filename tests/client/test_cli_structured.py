@@ -175,27 +175,6 @@ def test_a_tool_the_client_cannot_read_is_a_usage_error_naming_it(
     assert "tools[0].name is missing" in capsys.readouterr().err
 
 
-def test_every_chat_flag_shows_its_default(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as caught:
-        main(["chat", "--help"], environ={})
-    assert caught.value.code == 0
-    entries: dict[str, str] = {}
-    flag = None
-    for line in capsys.readouterr().out.splitlines():
-        start = re.match(r"  (--[\w-]+)", line)
-        if start:
-            flag = start.group(1)
-            entries[flag] = line
-        elif flag is not None and line.startswith("   "):
-            entries[flag] += " " + line.strip()
-        else:
-            flag = None
-    ours = ["--json-schema", "--json-object", "--regex", "--grammar", "--choice", "--tools"]
-    ours += ["--tool-choice", "--no-parallel-tool-calls"]
-    assert set(ours) <= set(entries)
-    assert [entry for entry in entries.values() if "(default: " not in entry] == []
-
-
 def test_a_call_after_text_starts_a_line_of_its_own(capsys: pytest.CaptureFixture[str]) -> None:
     chunks = [
         Chunk("r", 0, "Let me look", (), 1),
