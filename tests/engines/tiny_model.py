@@ -17,12 +17,64 @@ from typing import Any
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 VOCAB_SIZE = 384
-CHAT_TEMPLATE = (
-    "{% if messages[-1].role == 'assistant' %}"
-    "{{ raise_exception('the last message must not be the assistant') }}{% endif %}"
-    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+# Each turn is "<|role|>content\n". With tools, as Qwen 2.5's and Hermes' templates do:
+# a system turn lists them as JSON inside <tools></tools> (after the conversation's
+# own system message, if any) and says how to call one; an assistant turn writes its
+# calls as <tool_call> JSON (arguments through tojson: an object, not a string); tool
+# results go back in one user turn, each in <tool_response></tool_response>.
+CHAT_TEMPLATE = r"""
+{%- if messages[-1].role == 'assistant' %}
+    {{- raise_exception('the last message must not be the assistant') }}
+{%- endif %}
+{%- set turns = messages %}
+{%- if tools %}
+    {{- '<|system|>' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+        {%- set turns = messages[1:] %}
+    {%- endif %}
+    {{- '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n' }}
+    {{- 'You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}
+    {%- for tool in tools %}
+        {{- '\n' + tool | tojson }}
+    {%- endfor %}
+    {{- '\n</tools>\n\nFor each function call, return a json object with function name and ' }}
+    {{- 'arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n' }}
+    {{- '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>\n' }}
+{%- endif %}
+{%- for m in turns %}
+    {%- if m.role == 'tool' %}
+        {%- if loop.first or turns[loop.index0 - 1].role != 'tool' %}
+            {{- '<|user|>' }}
+        {%- else %}
+            {{- '\n' }}
+        {%- endif %}
+        {{- '<tool_response>\n' + m.content + '\n</tool_response>' }}
+        {%- if loop.last or turns[loop.index0 + 1].role != 'tool' %}
+            {{- '\n' }}
+        {%- endif %}
+    {%- elif m.role == 'assistant' and m.tool_calls %}
+        {{- '<|assistant|>' + m.content }}
+        {%- for call in m.tool_calls %}
+            {%- if call.function is defined %}
+                {%- set call = call.function %}
+            {%- endif %}
+            {%- if m.content or not loop.first %}
+                {{- '\n' }}
+            {%- endif %}
+            {{- '<tool_call>\n{"name": "' + call.name + '", "arguments": ' }}
+            {{- call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '\n' }}
+    {%- else %}
+        {{- '<|' + m.role + '|>' + m.content + '\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|assistant|>' }}
+{%- endif %}
+"""
 
 _CORPUS = (
     "the quick brown fox jumps over the lazy dog. ",

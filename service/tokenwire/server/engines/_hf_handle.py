@@ -16,19 +16,32 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .base import GenerationRequest, RequestFailed, SequenceDelta
 
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
+
 
 class Job:
-    """A request as the worker sees it. The event loop sets ``aborted``; the worker reads it."""
+    """A request as the worker sees it. The event loop sets ``aborted``; the worker reads it.
 
-    __slots__ = ("aborted", "handle", "request", "stop_ids")
+    ``matchers``: under structured output, one grammar matcher per sequence (made
+    by ``submit``, so a grammar that cannot bind is refused before anything runs).
+    """
 
-    def __init__(self, request: GenerationRequest, handle: TransformersHandle) -> None:
+    __slots__ = ("aborted", "handle", "matchers", "request", "stop_ids")
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        handle: TransformersHandle,
+        matchers: tuple[LLMatcher, ...] = (),
+    ) -> None:
         self.request = request
         self.handle = handle
+        self.matchers = matchers
         self.stop_ids = frozenset(request.stop_token_ids)
         self.aborted = False
 
@@ -64,9 +77,12 @@ class TransformersHandle:
     """
 
     def __init__(
-        self, request: GenerationRequest, release: Callable[[TransformersHandle], None]
+        self,
+        request: GenerationRequest,
+        release: Callable[[TransformersHandle], None],
+        matchers: tuple[LLMatcher, ...] = (),
     ) -> None:
-        self.job = Job(request, self)
+        self.job = Job(request, self, matchers)
         self._release = release  # the engine stops counting it in flight
         self._ready: deque[list[SequenceDelta]] = deque()
         self._running = set(range(request.sampling.n))  # not finished by the engine

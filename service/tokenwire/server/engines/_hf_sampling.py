@@ -5,13 +5,16 @@ The order is vLLM's and Hugging Face's:
 1. repetition penalty over the prompt and the output so far (divides positive
    logits, multiplies negative ones);
 2. presence and frequency penalties over the output so far (OpenAI's definition);
-3. end-of-sequence and stop token ids are banned until ``min_tokens`` exist;
+3. under structured output, the grammar's mask: tokens it does not allow next get
+   -inf (``_hf_grammar.Guide``); end-of-sequence and stop token ids are banned
+   until ``min_tokens`` exist, unless the grammar allows nothing else (it wins);
 4. temperature. 0 is greedy. **Unset is greedy for a plain request** (the engine
    is deterministic unless asked otherwise, as with TGI's defaults and the
    simulator's), **and 1.0 when the request asks for variety**: ``n`` > 1 or a
    ``seed`` (``SamplingOptions.effective_temperature``, vLLM's default then);
 5. logprobs are read here: the distribution after steps 1-4, before truncation,
-   so alternatives keep finite values;
+   so alternatives keep finite values, and under a grammar they describe the
+   constrained distribution;
 6. top-k, top-p and min-p truncate, and the token is drawn with the sequence's
    own ``torch.Generator`` (seeded from the request's seed and the sequence
    index, so the same seed gives the same text whatever else runs in the batch).
@@ -23,6 +26,7 @@ from collections.abc import Collection, Sequence
 
 import torch
 
+from ._hf_grammar import Guide
 from .base import SamplingOptions
 
 _GOLDEN = 0x9E3779B97F4A7C15  # spreads the seeds of a request's n sequences apart
@@ -36,6 +40,7 @@ class Sampler:
         "_banned",
         "_counts",
         "_generator",
+        "_guide",
         "_min_tokens",
         "_options",
         "_seen",
@@ -51,8 +56,10 @@ class Sampler:
         min_tokens: int,
         vocab_size: int,
         device: torch.device,
+        guide: Guide | None = None,
     ) -> None:
         self._options = options
+        self._guide = guide
         self._temperature = options.effective_temperature
         self._min_tokens = min_tokens
         self._banned = torch.tensor(sorted(banned_early), dtype=torch.long, device=device)
@@ -93,7 +100,9 @@ class Sampler:
         if self._counts is not None:
             logits -= (o.frequency_penalty or 0.0) * self._counts
             logits -= (o.presence_penalty or 0.0) * (self._counts > 0).float()
-        if generated < self._min_tokens and self._banned.numel():
+        if self._guide is not None:
+            logits += self._guide.bias(generated < self._min_tokens)
+        elif generated < self._min_tokens and self._banned.numel():
             logits[self._banned] = -torch.inf
         if not self.greedy:
             logits /= self._temperature

@@ -12,7 +12,11 @@ whether the sequence ends:
   ``include_stop_in_output``; neither can be drawn before ``min_tokens``;
 - a stop string ends it with "stop_sequence"; the text runs up to it (or through
   it with ``include_stop_in_output``), and it is looked for from ``min_tokens`` on;
-- ``max_tokens`` ends it with "length".
+- under structured output, a grammar that is complete (it allows nothing but
+  end-of-sequence) ends it with "stop" at the token that completed it: no step
+  is spent drawing the end-of-sequence token the grammar would force, and that
+  holds under ``ignore_eos`` too, as nothing else could follow;
+- ``max_tokens`` ends it with "length" (inside a structured answer too).
 
 When it ends other than by a stop string, the text held back (an incomplete
 character, a possible start of a stop string) goes out with the last delta.
@@ -26,11 +30,14 @@ from typing import Any
 
 import torch
 
+from ._hf_grammar import Guide
 from ._hf_handle import Job
 from ._hf_sampling import Sampler
 from ._hf_text import IncrementalDetokenizer
 from .base import FinishReason, SequenceDelta, TokenLogprob, TopLogprob
 from .text import StopStrings
+
+_NONE = float("-inf")  # the log-probability of a token that cannot come next
 
 
 class LiveSequence:
@@ -42,6 +49,7 @@ class LiveSequence:
         "detok",
         "done",
         "eos_ids",
+        "guide",
         "index",
         "job",
         "last",
@@ -63,6 +71,13 @@ class LiveSequence:
         request = job.request
         self.job, self.index, self.tokenizer, self.eos_ids = job, index, tokenizer, eos_ids
         banned = job.stop_ids if request.ignore_eos else job.stop_ids | eos_ids
+        self.guide: Guide | None = None
+        if job.matchers:
+            # Under ignore_eos the grammar's own end-of-sequence is refused while it
+            # allows anything else: the answer runs on until max_tokens or completion.
+            always = eos_ids if request.ignore_eos else ()
+            early = banned if request.min_tokens else ()
+            self.guide = Guide(job.matchers[index], vocab_size, device, early, always)
         self.sampler = Sampler(
             request.sampling,
             index,
@@ -71,6 +86,7 @@ class LiveSequence:
             request.min_tokens,
             vocab_size,
             device,
+            self.guide,
         )
         self.detok = IncrementalDetokenizer(
             tokenizer, request.prompt_token_ids, request.skip_special_tokens
@@ -86,6 +102,8 @@ class LiveSequence:
         """Draw the next token from ``logits`` (vocabulary-sized); set ``done`` at the end."""
         job, request = self.job, self.job.request
         token, logprobs = self.sampler.sample(logits, self.count, request.logprobs)
+        if self.guide is not None:
+            self.guide.consume(token)
         self.count += 1
         self.last = token
         lps: tuple[TokenLogprob, ...] = ()
@@ -101,6 +119,8 @@ class LiveSequence:
         text = ""
         if match is None or request.include_stop_in_output:
             text = self.detok.push(token)
+        if finish is None and self.guide is not None and self.guide.done:
+            finish = "stop"
         if finish is None and self.count >= request.max_tokens:
             finish = "length"
         if finish is not None:
@@ -131,11 +151,14 @@ class LiveSequence:
         top: tuple[TopLogprob, ...] = ()
         if k:
             values, ids = torch.topk(logprobs, min(k, logprobs.numel()))
-            id_list: list[int] = ids.tolist()
-            names = self.tokenizer.convert_ids_to_tokens(id_list)
+            # Fewer than k tokens may be possible (a grammar, min_tokens): the
+            # impossible ones (-inf) are no alternatives.
+            pairs = [
+                (i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v > _NONE
+            ]
+            names = self.tokenizer.convert_ids_to_tokens([i for i, _ in pairs])
             top = tuple(
-                TopLogprob(i, name or "", v)
-                for i, name, v in zip(id_list, names, values.tolist(), strict=True)
+                TopLogprob(i, name or "", v) for (i, v), name in zip(pairs, names, strict=True)
             )
         name = self.tokenizer.convert_ids_to_tokens(token)
         return TokenLogprob(token, name or "", float(logprobs[token]), top)

@@ -15,6 +15,15 @@ LoRA adapters (``--lora NAME=PATH``) load onto the model with PEFT at start, and
 a request's adapter applies to its own batch rows only: base and adapter requests
 share every batch (``_hf_lora.py``).
 
+Structured output (``_hf_grammar.py``): llguidance reads the vocabulary once, at
+start; ``submit`` binds a request's grammar to it (compiled once per grammar,
+copied per sequence), and the worker masks each constrained sequence's logits
+with it before sampling. Unconstrained sequences do no mask work at all.
+
+Conversations, tools and tool calls go through the model's chat template
+(``chat.render_chat``); the model decides whether to call a tool, and the server
+parses what it wrote (``GenerationRequest.tool_call`` is only the simulator's).
+
 Devices: ``auto`` is CUDA when available, else CPU. Dtypes: ``auto`` is the
 checkpoint's own dtype on CUDA and float32 on CPU (half precision is slow there).
 """
@@ -31,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _hf_lora
 from ._hf_handle import Event, TransformersHandle, dispatch
-from ._hf_loading import INSTALL_HINT, load
+from ._hf_loading import INSTALL_HINT, Loaded, load
 from .base import (
     EngineLoad,
     EngineUnavailable,
@@ -40,9 +49,13 @@ from .base import (
     ModelDescription,
     PromptInput,
 )
+from .chat import render_chat
 
 if TYPE_CHECKING:
+    from llguidance import LLMatcher
+
     from ..settings import Settings
+    from ._hf_grammar import ModelGrammars
     from ._hf_scheduler import Scheduler
 
 log = logging.getLogger("tokenwire.engine.transformers")
@@ -68,6 +81,7 @@ class TransformersEngine:
         )
         self._tokenizer: Any = None
         self._scheduler: Scheduler | None = None
+        self._grammars: ModelGrammars | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._live: set[TransformersHandle] = set()
         self._closed = False
@@ -92,10 +106,11 @@ class TransformersEngine:
     async def start(self) -> None:
         if self._scheduler is not None:
             return
-        loaded = await asyncio.to_thread(load, self._settings, self._model_dir)
+        loaded, grammars = await asyncio.to_thread(self._load)
         from ._hf_scheduler import Scheduler, SchedulerConfig
 
         self._tokenizer = loaded.tokenizer
+        self._grammars = grammars
         self._description = ModelDescription(
             name=self._description.name,
             engine="transformers",
@@ -109,7 +124,7 @@ class TransformersEngine:
             device=loaded.device,
             max_batch_size=self._max_batch,
             eos_ids=loaded.eos_ids,
-            text_vocab=min(loaded.vocab_size, len(loaded.tokenizer)),
+            text_vocab=_text_vocab(loaded),
             lora=bool(loaded.adapters),
         )
         self._scheduler = Scheduler(loaded.model, loaded.tokenizer, config, self._publish)
@@ -127,15 +142,7 @@ class TransformersEngine:
     async def tokenize(self, prompt: PromptInput, add_special_tokens: bool = True) -> list[int]:
         tok = self._require_tokenizer()
         if prompt.messages is not None:
-            if not getattr(tok, "chat_template", None):
-                raise InvalidInput("messages", "this model has no chat template")
-            messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-            try:
-                text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            except Exception as error:  # templates raise on what they refuse (role order...)
-                raise InvalidInput(
-                    "messages", f"the chat template refused them: {error}"
-                ) from error
+            text = render_chat(tok, prompt)
             # A chat template writes its own BOS and markers, as apply_chat_template(tokenize=True).
             ids: list[int] = tok.encode(text, add_special_tokens=False)
             return ids
@@ -161,7 +168,11 @@ class TransformersEngine:
         context = self._description.max_context_length
         if len(request.prompt_token_ids) + request.max_tokens > context:
             raise InvalidInput("stopping.max_tokens", f"prompt + max_tokens exceed {context}")
-        handle = TransformersHandle(request, self._live.discard)
+        matchers: tuple[LLMatcher, ...] = ()
+        if request.constraint is not None:
+            assert self._grammars is not None  # set with the scheduler
+            matchers = self._grammars.new(request.constraint, request.sampling.n)
+        handle = TransformersHandle(request, self._live.discard, matchers)
         scheduler.add(handle.job)
         self._live.add(handle)
         return handle
@@ -203,6 +214,13 @@ class TransformersEngine:
             if not await asyncio.to_thread(scheduler.join, _JOIN_TIMEOUT_S):
                 log.warning("the transformers worker did not stop within %.0fs", _JOIN_TIMEOUT_S)
 
+    def _load(self) -> tuple[Loaded, ModelGrammars]:
+        """The loading thread: the model, then its vocabulary as llguidance reads it."""
+        from ._hf_grammar import ModelGrammars
+
+        loaded = load(self._settings, self._model_dir)
+        return loaded, ModelGrammars(loaded.tokenizer, _text_vocab(loaded), loaded.eos_ids)
+
     def _require_tokenizer(self) -> Any:
         if self._tokenizer is None:
             raise EngineUnavailable("the transformers engine is not started")
@@ -213,3 +231,8 @@ class TransformersEngine:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to read them
             self._loop.call_soon_threadsafe(dispatch, events)
+
+
+def _text_vocab(loaded: Loaded) -> int:
+    """Ids from here on are embedding padding: never sampled, nothing to a grammar."""
+    return min(loaded.vocab_size, len(loaded.tokenizer))
