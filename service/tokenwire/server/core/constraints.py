@@ -23,18 +23,23 @@ import functools
 import json
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from llguidance import LLMatcher
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
 
 from tokenwire.v1 import generation_pb2 as pb
 
 from ..engines.base import Constraint, ConstraintKind
-from ..engines.grammar import lark_of_gbnf, parser_limits
+from ..engines.grammar import JSON_WHITESPACE, lark_of_gbnf, parser_limits
 from .errors import InvalidArgument
 
 MAX_CHOICES = 1024
 _FIELD = "structured_output"
 _CACHED_GRAMMARS = 256
+_JSON: JsonCompileOptions = {"whitespace_pattern": JSON_WHITESPACE}
 
 
 def structured_output(so: pb.StructuredOutput, max_bytes: int) -> Constraint | None:
@@ -103,15 +108,19 @@ def _compiled(kind: ConstraintKind, value: str, choices: tuple[str, ...]) -> tup
 
 def _grammar(kind: ConstraintKind, value: str, choices: tuple[str, ...]) -> str:
     if kind == "json_object":
-        return LLMatcher.grammar_from_json_schema('{"type": "object"}')
+        return LLMatcher.grammar_from_json_schema('{"type": "object"}', defaults=_JSON)
     if kind == "json_schema":
         try:
             schema = json.loads(value, parse_constant=_no_constant)
         except (ValueError, RecursionError) as error:
             raise ValueError(f"is not valid JSON: {error}") from None
-        if not isinstance(schema, dict | bool):
+        if schema is True:
+            schema = {}  # the same schema: any JSON value
+        if schema is False:
+            raise ValueError("admits no answer (the schema false)")
+        if not isinstance(schema, dict):
             raise ValueError("must be a JSON Schema: an object (or true)")
-        return LLMatcher.grammar_from_json_schema(json.dumps(schema))
+        return LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=_JSON)
     if kind == "regex":
         return LLMatcher.grammar_from_regex(value)
     if kind == "grammar":

@@ -31,6 +31,7 @@ from typing import Any
 from tokenwire.v1 import generation_pb2 as pb
 
 from ..engines.base import Constraint, ToolSpec
+from ..engines.grammar import JSON_WHITESPACE
 from . import constraints
 from .errors import InvalidArgument
 
@@ -59,7 +60,8 @@ class ToolFormat:
         """A Lark grammar whose sentences are one call (or several, with ``parallel``)
         of ``tools``, each with arguments valid for its tool."""
         calls = [self._call_schema(tool, i, len(tools)) for i, tool in enumerate(tools)]
-        schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        schema: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        schema["x-guidance"] = {"whitespace_pattern": JSON_WHITESPACE}  # as structured output's
         body = "%json " + json.dumps(schema)
         call = f"{json.dumps(self.start + chr(10))} {body} {json.dumps(chr(10) + self.end)}"
         if not self.start:

@@ -36,6 +36,13 @@ LIMITS: dict[str, Any] = dict(
 )
 
 
+JSON_WHITESPACE = r"[ ]?|\n[ \t]{0,24}"
+"""Whitespace a JSON answer may have between its tokens: none, a space, or a new line
+and its indent. JSON allows any run of whitespace, and a model that is unsure (a small
+one, a random one) can fill its answer with it until max_tokens; this still admits
+compact and pretty-printed JSON."""
+
+
 def parser_limits() -> LLParserLimits:
     """llguidance's limits for grammars from clients (fresh: the object is mutable)."""
     return LLParserLimits(**LIMITS)
