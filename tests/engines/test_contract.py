@@ -350,3 +350,62 @@ async def test_a_request_naming_an_adapter_gets_its_text(served: Served) -> None
         await served.stub.Complete(gen(model="not-served"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert served.server.engine.in_flight() == 0
+
+
+# Short strings: a random model (the tiny one) would otherwise write on to max_tokens.
+CITY = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "size": {"enum": ["small", "large"]},
+    },
+    "required": ["name", "size"],
+    "additionalProperties": False,
+}
+
+
+async def test_a_json_schema_answer_validates(served: Served) -> None:
+    import jsonschema
+
+    for seed in range(4):
+        req = gen(
+            seed=seed,
+            stopping=pb.StoppingOptions(max_tokens=300),
+            structured_output=pb.StructuredOutput(json_schema=json.dumps(CITY)),
+        )
+        messages = await stream(served, req)
+        text = "".join(m.text for m in messages)
+        assert messages[-1].finish_reason == pb.FINISH_REASON_STOP, (seed, text)
+        jsonschema.validate(json.loads(text), CITY)
+    assert served.server.engine.in_flight() == 0
+
+
+async def test_a_regex_answer_matches(served: Served) -> None:
+    import re
+
+    for seed in range(4):
+        req = gen(
+            seed=seed,
+            stopping=pb.StoppingOptions(max_tokens=60),
+            structured_output=pb.StructuredOutput(regex=r"(yes|no), [a-z]{1,8}"),
+        )
+        done = (await served.stub.Complete(req)).choices[0]
+        assert re.fullmatch(r"(yes|no), [a-z]{1,8}", done.text), (seed, done.text)
+
+
+async def test_a_forced_tool_call_comes_back_as_a_call(served: Served) -> None:
+    import jsonschema
+
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="weather in Paris?")])
+    tool = pb.Tool(name="describe_city", parameters_json=json.dumps(CITY))
+    req = gen(
+        prompt=None,
+        messages=chat,
+        tools=[tool],
+        tool_choice="describe_city",
+        stopping=pb.StoppingOptions(max_tokens=300),
+    )
+    done = (await served.stub.Complete(req)).choices[0]
+    assert done.finish_reason == pb.FINISH_REASON_TOOL_CALLS, done
+    assert [c.name for c in done.tool_calls] == ["describe_city"] and done.text == ""
+    jsonschema.validate(json.loads(done.tool_calls[0].arguments), CITY)
