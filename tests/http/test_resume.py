@@ -81,7 +81,10 @@ async def test_a_dropped_sse_stream_resumes_from_its_last_event_id(make_http_ser
     writer.close()  # the connection ends: the stream detaches and goes on
     await async_wait_for(lambda: server.metrics.detached_streams == 1)
     last = [seq for seq, _ in before if seq is not None][-1]
-    assert [seq for seq, _ in before] == list(range(1, last + 1))
+    # Ids rise; one may be skipped (a message with nothing to say, as the half of a
+    # split character, sends no event), never repeated.
+    seen = [seq for seq, _ in before]
+    assert None not in seen and seen == sorted({s for s in seen if s is not None})
 
     status, headers, raw = await http_request(
         server.http_port,
@@ -93,7 +96,8 @@ async def test_a_dropped_sse_stream_resumes_from_its_last_event_id(make_http_ser
     after = events(raw)
     assert after[-1] == (None, "[DONE]")
     numbered = [seq for seq, _ in after if seq is not None]
-    assert numbered == list(range(last + 1, last + 1 + len(numbered)))  # none twice or missing
+    assert numbered == sorted(set(numbered)) and numbered[0] > last  # none twice
+    # None missing: what was read before and after is the whole text.
     assert text_of(before + after) == await whole_text(server)
     usage = json.loads(after[-2][1])["usage"]
     assert usage["completion_tokens"] == 40

@@ -15,6 +15,13 @@ from ..helpers import http_request
 CHAT: dict[str, object] = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 COMPLETION: dict[str, object] = {"prompt": "hi", "max_tokens": 4}
 
+# A schema nested past what orjson writes back (254 levels): refused, not a 500.
+DEEP: dict[str, object] = {"type": "object"}
+_inner = DEEP
+for _ in range(300):
+    _inner["not"] = {}
+    _inner = _inner["not"]  # type: ignore[assignment]
+
 CASES = [
     ("/v1/chat/completions", {"messages": "hi"}, "messages"),
     ("/v1/chat/completions", {"messages": []}, "messages"),
@@ -119,6 +126,46 @@ CASES = [
         "messages[1].tool_calls[0].function.arguments",
     ),
     ("/v1/completions", {**COMPLETION, "tools": [{"type": "function"}]}, "tools"),
+    (
+        "/v1/chat/completions",
+        {**CHAT, "tools": [{"type": "function", "function": {"name": "required"}}]},
+        "tools[0].function.name",
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            **CHAT,
+            "tools": [
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}
+            ],
+        },
+        "tools[0].function.parameters",
+    ),
+    ("/v1/chat/completions", {**CHAT, "guided_json": DEEP}, "guided_json"),
+    (
+        "/v1/chat/completions",
+        {**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": DEEP}}]},
+        "tools[0].function.parameters",
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "[" * 5000 + "]" * 5000},
+                        }
+                    ],
+                },
+            ]
+        },
+        "messages[1].tool_calls[0].function.arguments",
+    ),
     ("/v1/completions", {**COMPLETION, "guided_regex": "("}, "guided_regex"),
     ("/v1/chat/completions", {**CHAT, "seed": "7"}, "seed"),
     ("/v1/chat/completions", {**CHAT, "priority": 2}, "priority"),

@@ -96,6 +96,26 @@ def test_arguments_that_are_no_object_end_the_call_there() -> None:
     assert content == ', "arguments": [1, 2]}</tool_call>'
 
 
+def test_arguments_written_as_a_string_go_out_whole() -> None:
+    text = '<tool_call>{"name": "add", "arguments": "{\\"a\\": 1}"}</tool_call>'
+    content, calls = same_for_every_split(HERMES, text)
+    assert (content, calls[0]["arguments"]) == ("", '{"a": 1}')
+    content, calls = same_for_every_split(HERMES, '<tool_call>{"name": "add", "arguments": "x"}')
+    assert calls[0]["arguments"] == "" and content == ', "arguments": "x"}'
+
+
+def test_the_character_that_breaks_a_call_is_read_again() -> None:
+    call = '<tool_call>{"name": "add", "arguments": {}}</tool_call>'
+    content, calls = same_for_every_split(HERMES, f"<tool_call>{call}")
+    assert content == "<tool_call>" and calls[0]["name"] == "add"
+
+
+def test_text_before_the_end_marker_is_content_but_the_marker_is_not() -> None:
+    text = '<tool_call>{"name": "add", "arguments": {}} oops</tool_call> after'
+    content, calls = same_for_every_split(HERMES, text)
+    assert content == "oops after" and calls[0]["arguments"] == "{}"
+
+
 def test_a_call_cut_short_keeps_its_partial_arguments() -> None:
     content, calls = same_for_every_split(HERMES, '<tool_call>{"name": "add", "arguments": {"a": 1')
     assert content == ""
@@ -121,8 +141,16 @@ def test_llama3_json_calls_separated_by_semicolons() -> None:
 def test_llama3_json_python_tag_and_plain_answers() -> None:
     _, calls = same_for_every_split(LLAMA3_JSON, '<|python_tag|>{"name": "add", "parameters": {}}')
     assert calls[0]["name"] == "add"
-    for text in ("  The answer is 4.", '{"x": 1} is JSON, not a call', "<|python_tag|> no call"):
+    for text in (
+        "  The answer is 4.",
+        '{"x": 1} is JSON, not a call',
+        "<|python_tag|> no call",
+        '<|python_tag|>{"name": "unknown"}',
+    ):
         assert same_for_every_split(LLAMA3_JSON, text) == (text, {})
+    _, calls = same_for_every_split(LLAMA3_JSON, '{"name": "add", "parameters": {}}; ')
+    assert len(calls) == 1
+    assert same_for_every_split(LLAMA3_JSON, '{"name": "add", "parameters": {}}; ')[0] == ""
 
 
 @pytest.mark.parametrize("fmt", [HERMES, LLAMA3_JSON])
@@ -168,7 +196,7 @@ def test_scanner_reads_valid_calls(text: str, name: str, arguments: bool) -> Non
         '{"a": [1 2]}',
         '{"a": 1]',
         '{"a": "line\nbreak"}',
-        '{"arguments": "a string"}',
+        '{"arguments": 12}',
         "{'a': 1}",
     ],
 )

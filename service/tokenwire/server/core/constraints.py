@@ -23,12 +23,8 @@ import functools
 import json
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from llguidance import LLMatcher
-
-if TYPE_CHECKING:
-    from llguidance._lib import JsonCompileOptions
 
 from tokenwire.v1 import generation_pb2 as pb
 
@@ -39,7 +35,6 @@ from .errors import InvalidArgument
 MAX_CHOICES = 1024
 _FIELD = "structured_output"
 _CACHED_GRAMMARS = 256
-_JSON: JsonCompileOptions = {"whitespace_pattern": JSON_WHITESPACE}
 
 
 def structured_output(so: pb.StructuredOutput, max_bytes: int) -> Constraint | None:
@@ -66,7 +61,7 @@ def structured_output(so: pb.StructuredOutput, max_bytes: int) -> Constraint | N
         return compile_constraint("choice", "", choices, f"{where}.choices")
     value: str = getattr(so, which)
     kind: ConstraintKind = "grammar" if which == "ebnf_grammar" else which
-    if not value.strip():
+    if not (value if which == "regex" else value.strip()):  # " " is a regex all the same
         raise InvalidArgument(where, "must not be empty")
     _check_size(where, len(value.encode()), max_bytes)
     return compile_constraint(kind, value, (), where)
@@ -108,7 +103,9 @@ def _compiled(kind: ConstraintKind, value: str, choices: tuple[str, ...]) -> tup
 
 def _grammar(kind: ConstraintKind, value: str, choices: tuple[str, ...]) -> str:
     if kind == "json_object":
-        return LLMatcher.grammar_from_json_schema('{"type": "object"}', defaults=_JSON)
+        return LLMatcher.grammar_from_json_schema(
+            '{"type": "object"}', defaults={"whitespace_pattern": JSON_WHITESPACE}
+        )
     if kind == "json_schema":
         try:
             schema = json.loads(value, parse_constant=_no_constant)
@@ -120,7 +117,9 @@ def _grammar(kind: ConstraintKind, value: str, choices: tuple[str, ...]) -> str:
             raise ValueError("admits no answer (the schema false)")
         if not isinstance(schema, dict):
             raise ValueError("must be a JSON Schema: an object (or true)")
-        return LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=_JSON)
+        return LLMatcher.grammar_from_json_schema(
+            json.dumps(schema), defaults={"whitespace_pattern": JSON_WHITESPACE}
+        )
     if kind == "regex":
         return LLMatcher.grammar_from_regex(value)
     if kind == "grammar":

@@ -10,8 +10,10 @@
 It checks JSON syntax as the text arrives, so a call that goes wrong is found at
 the character where it does (a parser that waited for the whole object could not
 stream the arguments). It keeps only what a call needs: the top-level object's
-``name`` (a string) and the raw text of its arguments (an object, under either
-key), whose characters stream out as they are read.
+``name`` (a string) and where its arguments are (an object, or a string holding
+one, as some models write them), whose characters stream out as they are read.
+What it read is kept as a list of characters, so that a long call costs linear
+time (a string grown a character at a time is copied each time).
 """
 
 from __future__ import annotations
@@ -47,16 +49,18 @@ class CallScanner:
         "_string",
         "_unicode",
         "_value_key",
+        "arguments_kind",
+        "chars",
         "done",
         "error",
         "name",
-        "text",
     )
 
     def __init__(self, arguments_keys: Sequence[str]) -> None:
         self._args_keys = tuple(arguments_keys)
-        self.text = ""  # everything fed, from the object's "{"
+        self.chars: list[str] = []  # everything fed, from the object's "{"
         self.name: str | None = None
+        self.arguments_kind = ""  # "object" or "string", once the arguments begin
         self.done = False  # the object is whole
         self.error: str | None = None
         self._stack: list[str] = []  # "o" object, "a" array
@@ -73,13 +77,29 @@ class CallScanner:
         self._args_start = -1
         self._args_end = -1
 
-    def arguments_text(self) -> str | None:
-        """The arguments' JSON text read so far (None before they begin), less a number
-        or literal still being read: what is known to be valid so far."""
+    @property
+    def arguments_start(self) -> int:
+        """Where the arguments' value begins in ``chars``; -1 before it does."""
+        return self._args_start
+
+    @property
+    def arguments_end(self) -> int:
+        """Where what is known of the arguments ends: their end once whole, else what
+        was read less a number or literal still being read; -1 before they begin."""
         if self._args_start < 0:
-            return None
-        end = self._args_end if self._args_end >= 0 else len(self.text) - len(self._atom)
-        return self.text[self._args_start : end]
+            return -1
+        return self._args_end if self._args_end >= 0 else len(self.chars) - len(self._atom)
+
+    @property
+    def arguments_whole(self) -> bool:
+        return self._args_end >= 0
+
+    def text(self, start: int = 0, end: int | None = None) -> str:
+        return "".join(self.chars[start:end])
+
+    def arguments_text(self) -> str | None:
+        """The arguments' JSON text known so far (None before they begin)."""
+        return None if self._args_start < 0 else self.text(self._args_start, self.arguments_end)
 
     @property
     def pending(self) -> int:
@@ -87,36 +107,39 @@ class CallScanner:
         return len(self._atom)
 
     def feed(self, ch: str) -> None:
-        """Read one character; raises ScanError (and keeps it in ``error``)."""
+        """Read one character; raises ScanError (and keeps it in ``error``), and then
+        ``chars`` and the arguments' end are what was valid before it."""
         if self.done or self.error is not None:
             raise ScanError("the object is already over")
+        read = len(self.chars)
         try:
             self._feed(ch)
         except ScanError as error:
             self.error = str(error)
+            del self.chars[read:]
             raise
 
     def _feed(self, ch: str) -> None:
         if self._string is not None:
-            self.text += ch
+            self.chars.append(ch)
             self._in_string(ch)
             return
         if self._atom:
             if ch.isalnum() or ch in "+-.":
-                self.text += ch
+                self.chars.append(ch)
                 self._atom.append(ch)
                 return
             self._end_atom()
         if ch in _WS:
             if not self._stack and self._expect == "value":
                 return  # before the object: not part of it
-            self.text += ch
+            self.chars.append(ch)
             return
         depth = len(self._stack)
         expect = self._expect
         if not self._stack and expect == "value" and ch != "{":
             raise ScanError("a call must be a JSON object")
-        self.text += ch
+        self.chars.append(ch)
         if expect == "value_or_end" and ch == "]":
             self._close("a")
         elif expect in ("value", "value_or_end"):
@@ -124,7 +147,7 @@ class CallScanner:
         elif expect in ("key", "key_or_end"):
             if ch == '"':
                 self._string = "key"
-                self._key_start = len(self.text)
+                self._key_start = len(self.chars)
             elif ch == "}" and expect == "key_or_end":
                 self._close("o")
             else:
@@ -144,15 +167,16 @@ class CallScanner:
     def _value(self, ch: str, depth: int) -> None:
         if depth == 1:
             self._value_key = self._key
-            start = len(self.text) - 1
+            start = len(self.chars) - 1
             if self._key == "name":
                 if ch != '"':
                     raise ScanError("the name must be a string")
                 self._name_start = start
             elif self._key in self._args_keys and self._args_start < 0:
-                if ch != "{":
+                if ch not in '{"':
                     raise ScanError("the arguments must be a JSON object")
                 self._args_start = start
+                self.arguments_kind = "object" if ch == "{" else "string"
         if ch == "{":
             self._stack.append("o")
             self._expect = "key_or_end"
@@ -182,7 +206,7 @@ class CallScanner:
             kind, self._string = self._string, None
             if kind == "key":
                 if len(self._stack) == 1:
-                    self._key = json.loads(self.text[self._key_start - 1 :])
+                    self._key = json.loads(self.text(self._key_start - 1))
                 self._expect = "colon"
             else:
                 self._after_value()
@@ -191,9 +215,9 @@ class CallScanner:
 
     def _end_atom(self) -> None:
         atom = "".join(self._atom)
-        self._atom = []
         if atom not in _LITERALS and not _NUMBER.fullmatch(atom):
-            raise ScanError(f"{atom!r} is not a JSON value")
+            raise ScanError(f"{atom!r} is not a JSON value")  # still pending: not valid
+        self._atom = []
         self._after_value()
 
     def _close(self, kind: str) -> None:
@@ -210,7 +234,7 @@ class CallScanner:
         if len(self._stack) == 1 and self._value_key is not None:
             key, self._value_key = self._value_key, None
             if key == "name" and self._name_start >= 0 and self.name is None:
-                self.name = json.loads(self.text[self._name_start :])
+                self.name = json.loads(self.text(self._name_start))
             elif key in self._args_keys and self._args_end < 0 and self._args_start >= 0:
-                self._args_end = len(self.text)
+                self._args_end = len(self.chars)
         self._expect = "comma_or_end"

@@ -45,11 +45,11 @@ from ..engines.base import Engine, EngineUnavailable, GenerationHandle
 from . import coalescing, errors, messages, sizes
 from .admission import Admission
 from .pacing import Pacer
+from .parsedcalls import ParsedCalls
 from .progress import Progress
 from .requests import Limits, RequestPlan, plan_request
 from .resume import KeptStream, Resumes
 from .telemetry import AbortReason, Metrics
-from .toolparse import ParsedCalls
 from .tracing import Tracing
 from .watchdog import Watchdog, Watched
 

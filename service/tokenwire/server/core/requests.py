@@ -276,7 +276,7 @@ def _tool_call(call: pb.ToolCall, where: str) -> ToolCall:
         raise InvalidArgument(f"{where}.name", "must not be empty")
     try:
         arguments = json.loads(call.arguments or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         arguments = None
     if not isinstance(arguments, dict):
         raise InvalidArgument(f"{where}.arguments", "must be a JSON object")

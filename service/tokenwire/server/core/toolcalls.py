@@ -22,11 +22,11 @@ arguments. So the arguments always validate against the tool's schema.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from tokenwire.v1 import generation_pb2 as pb
 
@@ -37,8 +37,9 @@ from .errors import InvalidArgument
 
 MAX_TOOLS = 128  # OpenAI's limit
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
-_CHOICES = ("none", "auto", "required")
+_WHITESPACE = {"whitespace_pattern": JSON_WHITESPACE}
+_CHOICES = frozenset({"none", "auto", "required"})  # tool_choice's words: no tool's name
+_CACHED = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,28 +59,24 @@ class ToolFormat:
 
     def grammar(self, tools: Sequence[ToolSpec], parallel: bool) -> str:
         """A Lark grammar whose sentences are one call (or several, with ``parallel``)
-        of ``tools``, each with arguments valid for its tool."""
-        calls = [self._call_schema(tool, i, len(tools)) for i, tool in enumerate(tools)]
-        schema: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
-        schema["x-guidance"] = {"whitespace_pattern": JSON_WHITESPACE}  # as structured output's
-        body = "%json " + json.dumps(schema)
-        call = f"{json.dumps(self.start + chr(10))} {body} {json.dumps(chr(10) + self.end)}"
-        if not self.start:
-            call = body
-        more = f" ({json.dumps(self.separator)} call)*" if parallel else ""
-        return f"start: call{more}\ncall: {call}\n"
+        of ``tools``, each with arguments valid for its tool.
 
-    def _call_schema(self, tool: ToolSpec, i: int, count: int) -> dict[str, Any]:
-        parameters = json.loads(tool.parameters_json) if tool.parameters_json else _NO_PARAMETERS
-        # The tool's schema moves into a larger one: its own "#/..." references move too.
-        where = f"#/anyOf/{i}" if count > 1 else "#"
-        parameters = _rebase(parameters, f"{where}/properties/{self.arguments_key}")
-        return {
-            "type": "object",
-            "properties": {"name": {"const": tool.name}, self.arguments_key: parameters},
-            "required": ["name", self.arguments_key],
-            "additionalProperties": False,
-        }
+        A call is literal text around the tool's own schema as an inline ``%json``,
+        which stays its own root (its ``$ref``s, ``$id`` and anchors mean what they
+        did), with the whitespace rule of structured output."""
+        rules = []
+        for i, tool in enumerate(tools):
+            schema = json.loads(tool.parameters_json) if tool.parameters_json else {}
+            schema = {"type": "object", **schema, "x-guidance": _WHITESPACE}
+            head = f'{self.start}{chr(10) if self.start else ""}{{"name": "{tool.name}", '
+            head += f'"{self.arguments_key}": '
+            tail = "}" + (chr(10) + self.end if self.end else "")
+            rules.append(
+                f"call_{i}: {json.dumps(head)} %json {json.dumps(schema)} {json.dumps(tail)}"
+            )
+        more = f" ({json.dumps(self.separator)} call)*" if parallel else ""
+        alternatives = " | ".join(f"call_{i}" for i in range(len(tools)))
+        return "\n".join([f"start: call{more}", f"call: {alternatives}", *rules]) + "\n"
 
 
 HERMES = ToolFormat("hermes", "<tool_call>", "</tool_call>", "\n", "arguments")
@@ -135,15 +132,32 @@ def plan_tools(
         raise InvalidArgument(
             "structured_output", "cannot be combined with tools unless tool_choice is none"
         )
+    total = sum(len(tool.parameters_json.encode()) for tool in tools)
+    if total > max_bytes:
+        raise InvalidArgument(
+            "tools", f"the parameters schemas are {total} bytes in all, more than {max_bytes}"
+        )
     fmt = FORMATS[parser]
     parallel = req.parallel_tool_calls if req.HasField("parallel_tool_calls") else True
     forced = offered = None
     if choice == "required" or choice in seen:
         chosen = tools if choice == "required" else (tools[seen[choice]],)
-        forced = constraints.lark(fmt.grammar(chosen, parallel), "tools")
+        forced = calls_grammar(fmt, chosen, parallel)
     elif choice == "auto":
-        offered = constraints.lark(fmt.grammar(tools, parallel), "tools")
+        # Only an engine that makes up its answers uses it: one that will not compile
+        # (each tool's schema did) leaves the simulator answering in text, no refusal.
+        try:
+            offered = calls_grammar(fmt, tools, parallel)
+        except InvalidArgument:
+            offered = None
     return ToolPlan(tools, choice, fmt, forced, offered)
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def calls_grammar(fmt: ToolFormat, tools: tuple[ToolSpec, ...], parallel: bool) -> Constraint:
+    """The constraint of calls of ``tools``, built once per tool set (a client sends the
+    same tools with every turn of a conversation)."""
+    return constraints.lark(fmt.grammar(tools, parallel), "tools")
 
 
 def _tool(tool: pb.Tool, i: int, max_bytes: int) -> ToolSpec:
@@ -151,30 +165,19 @@ def _tool(tool: pb.Tool, i: int, max_bytes: int) -> ToolSpec:
         raise InvalidArgument(
             f"tools[{i}].name", "must be 1 to 64 letters, digits, underscores or dashes"
         )
+    if tool.name in _CHOICES:
+        raise InvalidArgument(f"tools[{i}].name", f"{tool.name!r} is a tool_choice of its own")
     if len(tool.description.encode()) > max_bytes:
         raise InvalidArgument(f"tools[{i}].description", f"is longer than {max_bytes} bytes")
     where = f"tools[{i}].parameters_json"
     if tool.parameters_json:
         try:
             schema = json.loads(tool.parameters_json)
-        except ValueError:
+        except (ValueError, RecursionError):
             schema = None
         if not isinstance(schema, dict):
             raise InvalidArgument(where, "must be a JSON Schema object (for the arguments)")
+        if schema.get("type", "object") != "object":
+            raise InvalidArgument(where, "must describe an object: the arguments are one")
         constraints.json_schema(tool.parameters_json, where, max_bytes)
     return ToolSpec(tool.name, tool.description, tool.parameters_json)
-
-
-def _rebase(schema: Any, prefix: str) -> Any:
-    """``schema`` with each local ``$ref`` ("#/...") made relative to ``prefix``."""
-    if isinstance(schema, dict):
-        out = {}
-        for key, value in schema.items():
-            if key == "$ref" and isinstance(value, str) and value.startswith("#"):
-                out[key] = prefix + value[1:]
-            else:
-                out[key] = _rebase(value, prefix)
-        return out
-    if isinstance(schema, list):
-        return [_rebase(item, prefix) for item in schema]
-    return schema

@@ -1,38 +1,41 @@
-"""Tool calls, the answer side: calls read out of the text as it streams.
+"""Tool calls read out of one sequence's text as it streams.
 
-    handle = ParsedCalls(engine_handle, plan.format, plan.names, n)
-    async for step in handle:          # the same steps, the text split in two:
-        delta.text                     #   what is not a call (the answer's content)
-        delta.tool_calls               #   ToolCallDelta: id and name, then arguments
+    parser = CallParser(fmt, names)
+    content, calls = parser.push(text)   # each piece of the sequence's text
+    content, calls = parser.finish()     # at its end
+    parser.complete                      # calls that went out whole and valid
 
-Both doors and ``Complete`` read a request with tools through this one wrapper, so
-they agree on every call. A call's arguments go out as the model writes them (each
-character checked as JSON on the way, ``jsonscan.py``); text before a call goes out
-as content at once, and only what might be the start of a call waits.
+A call's arguments go out as the model writes them (each character checked as
+JSON on the way, ``jsonscan.py``); text before a call goes out as content at once,
+and only what might be the start of a call waits. Arguments written as a JSON
+string holding the object (some models do) go out once the string is whole.
 
 A call that is not one is not lost:
 
 - text that is not a JSON object of the call's shape, or names no offered tool,
   goes out as content, whole, as long as nothing of the call went out yet (its
-  name comes before its arguments, so that is until the name is read);
+  name comes before its arguments, so that is until the name is read); the
+  character where it went wrong is read again, as content (it may open a call);
 - a call that breaks after it began keeps what it streamed, and the text from the
   break on goes out as content;
 - a sequence that ends inside a call ends with what it has (finish ``length``,
   say: the client can tell the arguments are incomplete).
 
-A sequence that made a call and ended at its end-of-sequence token finishes
-``tool_calls``. Whitespace between and around calls is not content.
+Whitespace between and around calls is not content, nor is what a call's end
+marker closes.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from ..engines.base import GenerationHandle, SequenceDelta, ToolCallDelta
+from ..engines.base import ToolCallDelta
 from .jsonscan import CallScanner, ScanError
 from .toolcalls import ToolFormat
 
+_MARKER_WITHIN = 64  # characters after a call's object in which its end marker is looked for
 _PYTHON_TAG = "<|python_tag|>"  # Llama 3's marker before a call, when special tokens show
 
 
@@ -52,6 +55,7 @@ class CallParser:
         "_fmt",
         "_held",
         "_id",
+        "_lead",
         "_mode",
         "_names",
         "_new_id",
@@ -61,6 +65,7 @@ class CallParser:
         "_sent",
         "_ws",
         "calls",
+        "complete",
     )
 
     def __init__(
@@ -77,16 +82,18 @@ class CallParser:
         self._mode = "begin" if not fmt.start else "content"
         self._held = ""  # text that may be the start of a call
         self._ws = ""  # whitespace after content or a call, out only if content follows
-        self._raw = ""  # a call's text so far, after its start marker
-        self._raw_out = 0  # how much of it the call's deltas stand for
+        self._lead = ""  # what opened the current call (its start marker)
+        self._raw: list[str] = []  # the current call's characters after its opening
+        self._raw_out = 0  # how many of them its deltas stand for
         self._after = ""  # text after a call's object, until its end marker
         self._scan: CallScanner | None = None
         self._emitted = False  # something of the current call went out
-        self._sent = 0  # characters of its arguments that went out
+        self._sent = 0  # where the arguments that went out end, in the scanner's chars
         self._id = ""
         self._content: list[str] = []
         self._deltas: list[ToolCallDelta] = []
         self.calls = 0  # calls that began going out
+        self.complete = 0  # calls that went out whole, their arguments a JSON object
 
     def push(self, text: str) -> tuple[str, tuple[ToolCallDelta, ...]]:
         """Content and call deltas in ``text``, the next piece of the sequence's text."""
@@ -97,18 +104,17 @@ class CallParser:
 
     def finish(self) -> tuple[str, tuple[ToolCallDelta, ...]]:
         """The sequence ended: what was held goes out as what it is."""
-        mode = self._mode
+        mode, fmt = self._mode, self._fmt
         if mode == "call" and not self._emitted:
-            self._text(self._fmt.start + self._raw if self._fmt.start else self._raw)
-        elif (
-            mode == "after"
-            and self._after.strip()
-            and not self._fmt.end.startswith(self._after.strip())
-        ):
-            self._text(self._after)
+            self._text(self._lead + "".join(self._raw))
+        elif mode == "after":
+            tail = self._after.strip()
+            if tail and not (fmt.end.startswith(tail) if fmt.end else tail == ";"):
+                self._text(self._after)
         elif mode in ("begin", "content", "text"):
             self._text(self._held)
-        self._held = self._after = self._raw = ""
+        self._held = self._after = ""
+        self._raw = []
         if not self.calls:
             self._content.append(self._ws)  # no calls: the text is the answer, all of it
         self._ws = ""
@@ -144,7 +150,7 @@ class CallParser:
             return ""
         self._held = ""
         if body.startswith("{"):
-            self._open_call()
+            self._open_call(text[: len(text) - len(body)])
             return body
         self._mode = "text"
         return text
@@ -157,64 +163,89 @@ class CallParser:
         if at >= 0:
             self._text(text[:at])
             self._ws = ""  # whitespace before a call is not content
-            self._open_call()
+            self._open_call(start)
             return text[at + len(start) :]
         keep = _partial_suffix(text, start)
         self._text(text[: len(text) - keep])
         self._held = text[len(text) - keep :]
         return ""
 
-    def _open_call(self) -> None:
+    def _open_call(self, lead: str) -> None:
         self._mode = "call"
         self._scan = CallScanner(self._fmt.arguments_keys)
-        self._raw = ""
+        self._lead = lead
+        self._raw = []
+        self._raw_out = 0
         self._emitted = False
         self._sent = 0
 
     def _in_call(self, data: str) -> str:
         scan = self._scan
         assert scan is not None
+        raw, feed = self._raw, scan.feed
+        # The arguments go out once per piece, not per character: what a call
+        # costs stays a few method calls a character.
         for i, ch in enumerate(data):
-            self._raw += ch
             try:
-                scan.feed(ch)
+                feed(ch)
             except ScanError:
-                return self._broken(data[i + 1 :])
-            name = scan.name
-            if name is not None and not self._emitted:
-                if name not in self._names:
+                self._send_arguments(scan)
+                return self._broken(data[i:])  # read the character again, as content
+            raw.append(ch)
+            if not self._emitted and scan.name is not None:
+                if scan.name not in self._names:
                     return self._broken(data[i + 1 :])
                 self._id = self._new_id()
-                self._deltas.append(ToolCallDelta(self.calls, self._id, name, ""))
+                self._deltas.append(ToolCallDelta(self.calls, self._id, scan.name, ""))
                 self._emitted = True
-                self._raw_out = len(self._raw)
+                self._raw_out = len(raw)
                 self.calls += 1
-            if self._emitted:
-                self._send_arguments(scan)
             if scan.done:
                 if not self._emitted:  # an object with no name
                     return self._broken(data[i + 1 :])
-                if scan.arguments_text() is None:
-                    self._deltas.append(ToolCallDelta(self.calls - 1, arguments="{}"))
-                self._mode, self._after = "after", ""
+                self._send_arguments(scan)
+                if not self._close_call(scan):
+                    return self._broken(data[i + 1 :])
                 return data[i + 1 :]
+        self._send_arguments(scan)
         return ""
 
     def _send_arguments(self, scan: CallScanner) -> None:
-        text = scan.arguments_text()
-        if text is not None and len(text) > self._sent:
-            self._deltas.append(ToolCallDelta(self.calls - 1, arguments=text[self._sent :]))
-            self._sent = len(text)
-            self._raw_out = len(self._raw) - scan.pending
+        if not self._emitted or scan.arguments_kind != "object":
+            return
+        end = scan.arguments_end
+        start = max(self._sent, scan.arguments_start)
+        if end > start:
+            self._deltas.append(ToolCallDelta(self.calls - 1, arguments=scan.text(start, end)))
+            self._sent = end
+            # The raw characters those stand for: the scanner's, after leading spaces.
+            self._raw_out = len(self._raw) - (len(scan.chars) - end)
+
+    def _close_call(self, scan: CallScanner) -> bool:
+        """The call's object is whole: its arguments go out if they had to wait (a
+        string holding them, or none at all); False if they are no JSON object."""
+        if scan.arguments_kind == "string":
+            try:
+                arguments = json.loads(scan.text(scan.arguments_start, scan.arguments_end))
+                valid = isinstance(json.loads(arguments), dict)
+            except ValueError:
+                valid = False
+            if not valid:
+                return False
+            self._deltas.append(ToolCallDelta(self.calls - 1, arguments=arguments))
+        elif not scan.arguments_kind:
+            self._deltas.append(ToolCallDelta(self.calls - 1, arguments="{}"))
+        self.complete += 1
+        self._mode, self._after = "after", ""
+        return True
 
     def _broken(self, rest: str) -> str:
         """Not a call after all: its text is content, what of it did not go out as
         the call (all of it, if nothing did)."""
-        if not self._emitted:
-            self._text(self._fmt.start + self._raw)
-        else:
-            self._text(self._raw[self._raw_out :])
+        raw = "".join(self._raw)
+        self._text(self._lead + raw if not self._emitted else raw[self._raw_out :])
         self._scan = None
+        self._raw = []
         self._mode = "content" if self._fmt.start else "text"
         return rest
 
@@ -224,15 +255,20 @@ class CallParser:
         text = self._after + data
         stripped = text.lstrip()
         if fmt.end:
-            if stripped.startswith(fmt.end):
-                self._mode = "content"
-                rest = stripped[len(fmt.end) :]
+            # The marker within a few characters closes the call, and what stands
+            # between is content; looked for in the same span however the text came.
+            span = _MARKER_WITHIN + len(fmt.end)
+            at = stripped.find(fmt.end, 0, span)
+            opens = stripped.find(fmt.start, 0, span)
+            if at >= 0 and not 0 <= opens < at:
+                self._text(stripped[:at])
                 self._ws = ""
-                return rest
-            if fmt.end.startswith(stripped):
-                self._after = text
+                self._mode = "content"
+                return stripped[at + len(fmt.end) :]
+            if len(stripped) < span and opens < 0:
+                self._after = text  # the marker may be coming
                 return ""
-            self._mode = "content"  # no end marker: the call stands, the rest is text
+            self._mode = "content"  # no marker: the call stands, the rest is text
             return text
         if not stripped:
             self._after = text
@@ -243,7 +279,7 @@ class CallParser:
                 self._after = text
                 return ""
             if rest.startswith("{"):
-                self._open_call()
+                self._open_call("")
                 return rest
         self._mode = "text"
         return text
@@ -291,56 +327,3 @@ def _partial_suffix(text: str, marker: str) -> int:
         if marker.startswith(text[-k:]):
             return k
     return 0
-
-
-class ParsedCalls:
-    """A generation handle whose deltas carry tool calls instead of their text."""
-
-    __slots__ = ("_inner", "_it", "_parsers")
-
-    def __init__(
-        self, inner: GenerationHandle, fmt: ToolFormat, names: frozenset[str], n: int
-    ) -> None:
-        self._inner = inner
-        self._it: AsyncIterator[Sequence[SequenceDelta]] | None = None
-        self._parsers = [CallParser(fmt, names) for _ in range(n)]
-
-    @property
-    def finished(self) -> bool:
-        return self._inner.finished
-
-    @property
-    def cached_prompt_tokens(self) -> int:
-        return self._inner.cached_prompt_tokens
-
-    def abort(self) -> None:
-        self._inner.abort()
-
-    def __aiter__(self) -> ParsedCalls:
-        return self
-
-    async def __anext__(self) -> list[SequenceDelta]:
-        if self._it is None:
-            self._it = self._inner.__aiter__()
-        step = await anext(self._it)
-        return [self._parse(d) for d in step]
-
-    def _parse(self, d: SequenceDelta) -> SequenceDelta:
-        parser = self._parsers[d.index]
-        text, calls = parser.push(d.text)
-        finish = d.finish_reason
-        if finish is not None:
-            more, last = parser.finish()
-            text, calls = text + more, calls + last
-            if finish == "stop" and parser.calls:
-                finish = "tool_calls"
-        return SequenceDelta(
-            d.index,
-            d.token_ids,
-            text,
-            d.logprobs,
-            d.cumulative_logprob,
-            finish,
-            d.stop_match,
-            calls,
-        )

@@ -225,7 +225,9 @@ class HttpDoor:
                 if opening:
                     await out.part(opening)
                 async for msg in follow.messages:
-                    await out.part(render.message(msg))
+                    data = render.message(msg)
+                    if data:
+                        await out.part(data)
             finally:
                 keepalive.stop()
         await out.part(framing.SSE_DONE)

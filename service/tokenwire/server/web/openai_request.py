@@ -10,25 +10,21 @@ Unknown fields are ignored, as OpenAI does. A known field that would change the
 answer and that we cannot honour (``logit_bias``, ``echo``, the deprecated
 ``functions``...) is refused with 400, never silently dropped.
 
-Structured output comes as OpenAI's ``response_format`` (``json_object``,
-``json_schema``) or vLLM's ``guided_json``, ``guided_regex``, ``guided_choice`` and
-``guided_grammar``, one of them at a time; tools as OpenAI's ``tools``,
-``tool_choice`` and ``parallel_tool_calls`` (chat only), and a conversation's
-earlier calls and results as assistant ``tool_calls`` and ``tool`` turns.
+Structured output and tools map in ``openai_tools.py``; a conversation's earlier
+calls and results come as assistant ``tool_calls`` and ``tool`` turns.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
 from tokenwire.v1 import generation_pb2 as pb
 
 from ..core.errors import InvalidArgument
+from . import openai_tools
+from .jsonargs import boolean, get, int_list, integer, is_int, set_bool, set_float, text, text_list
 
 Kind = Literal["chat", "completion"]
 
@@ -48,13 +44,6 @@ _CHAT_ONLY: dict[str, tuple[object, ...]] = {
     "tool_choice": (None, "none", "auto"),
     "parallel_tool_calls": (None,),
 }
-# vLLM's structured-output extensions: (their field, the StructuredOutput kind).
-_GUIDED = (
-    ("guided_json", "json_schema"),
-    ("guided_regex", "regex"),
-    ("guided_choice", "choice"),
-    ("guided_grammar", "ebnf_grammar"),
-)
 _TEXT_ONLY = ("text",)
 _MAX_TOKEN_ID = 2**32 - 1
 
@@ -97,51 +86,51 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
 
     req = pb.GenerateRequest()
     params = _base_params()
-    model = _str(body, "model", required=False)
+    model = text(body, "model", required=False)
     if model:
         req.model = model
     if kind == "chat":
         _messages(body, req, params)
-        _tools(body, req, params)
+        openai_tools.tools(body, req, params)
     else:
         _prompt(body, req, params)
-    _structured(body, req, params)
+    openai_tools.structured(body, req, params)
 
     s, st, out = req.sampling, req.stopping, req.output
-    _set_float(body, "temperature", s)
-    _set_float(body, "top_p", s)
-    _set_float(body, "min_p", s)
-    _set_float(body, "repetition_penalty", s)
-    _set_float(body, "presence_penalty", s)
-    _set_float(body, "frequency_penalty", s)
-    top_k = _int(body, "top_k")
+    set_float(body, "temperature", s)
+    set_float(body, "top_p", s)
+    set_float(body, "min_p", s)
+    set_float(body, "repetition_penalty", s)
+    set_float(body, "presence_penalty", s)
+    set_float(body, "frequency_penalty", s)
+    top_k = integer(body, "top_k")
     if top_k is not None and top_k not in (-1, 0):  # -1 and 0 mean "off" in vLLM
         if top_k < 0:
             raise InvalidArgument("top_k", "must be -1 (off) or a positive integer")
         s.top_k = top_k
-    seed = _int(body, "seed", bits=64)
+    seed = integer(body, "seed", bits=64)
     if seed is not None:
         # OpenAI takes any 64-bit integer; engines take the bits as given.
         s.seed = seed % (1 << 64)
-    n = _int(body, "n")
+    n = integer(body, "n")
     if n is not None:
         if n < 1:
             raise InvalidArgument("n", "must be at least 1")
         s.n = n
-    best_of = _int(body, "best_of")
+    best_of = integer(body, "best_of")
     if best_of is not None and best_of != (n or 1):
         raise InvalidArgument("best_of", "is not supported (only best_of == n)")
 
-    max_tokens = _int(body, "max_completion_tokens")
+    max_tokens = integer(body, "max_completion_tokens")
     if max_tokens is not None:
         params["stopping.max_tokens"] = "max_completion_tokens"
     else:
-        max_tokens = _int(body, "max_tokens")
+        max_tokens = integer(body, "max_tokens")
     if max_tokens is not None:
         if max_tokens < 1:
             raise InvalidArgument(params["stopping.max_tokens"], "must be at least 1")
         st.max_tokens = max_tokens
-    min_tokens = _int(body, "min_tokens")
+    min_tokens = integer(body, "min_tokens")
     if min_tokens is not None:
         if min_tokens < 0:
             raise InvalidArgument("min_tokens", "must not be negative")
@@ -151,15 +140,15 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
         st.stop.append(stop)
         params["stopping.stop[0]"] = "stop"
     elif stop is not None:
-        st.stop.extend(_str_list(stop, "stop"))
-    for i, token in enumerate(_int_list(body.get("stop_token_ids"), "stop_token_ids")):
+        st.stop.extend(text_list(stop, "stop"))
+    for i, token in enumerate(int_list(body.get("stop_token_ids"), "stop_token_ids")):
         if not 0 <= token <= _MAX_TOKEN_ID:  # the contract's ids are uint32
             raise InvalidArgument(f"stop_token_ids[{i}]", f"must be between 0 and {_MAX_TOKEN_ID}")
         st.stop_token_ids.append(token)
-    _set_float(body, "priority", req)
-    _set_bool(body, "ignore_eos", st, "ignore_eos")
-    _set_bool(body, "include_stop_str_in_output", st, "include_stop_in_output")
-    _set_bool(body, "skip_special_tokens", out, "skip_special_tokens")
+    set_float(body, "priority", req)
+    set_bool(body, "ignore_eos", st, "ignore_eos")
+    set_bool(body, "include_stop_str_in_output", st, "include_stop_in_output")
+    set_bool(body, "skip_special_tokens", out, "skip_special_tokens")
 
     logprobs, top = _logprobs(kind, body, params)
     if logprobs:
@@ -167,7 +156,7 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
     if top:
         out.top_logprobs = top
 
-    stream = _bool(body, "stream") or False
+    stream = boolean(body, "stream") or False
     options = body.get("stream_options")
     include_usage = False
     if options is not None:
@@ -175,23 +164,23 @@ def parse(kind: Kind, body: object) -> OpenAIRequest:
             raise InvalidArgument("stream_options", "must be an object")
         if not stream:
             raise InvalidArgument("stream_options", "is only allowed when stream is true")
-        include_usage = bool(_bool(options, "include_usage", "stream_options.include_usage"))
-        step = _int(options, "streaming_step", "stream_options.streaming_step")
+        include_usage = bool(boolean(options, "include_usage", "stream_options.include_usage"))
+        step = integer(options, "streaming_step", "stream_options.streaming_step")
         if step is not None:
             if step < 0:
                 raise InvalidArgument("stream_options.streaming_step", "must not be negative")
             req.stream.streaming_step = step
-        delay = _int(options, "max_batch_delay_ms", "stream_options.max_batch_delay_ms")
+        delay = integer(options, "max_batch_delay_ms", "stream_options.max_batch_delay_ms")
         if delay is not None:
             if delay < 0:
                 raise InvalidArgument("stream_options.max_batch_delay_ms", "must not be negative")
             req.stream.max_batch_delay_ms = delay
-        grace = _int(options, "resume_grace_ms", "stream_options.resume_grace_ms")
+        grace = integer(options, "resume_grace_ms", "stream_options.resume_grace_ms")
         if grace is not None:  # resumable (docs/resume.md); the cap is the core's check
             if not 0 <= grace < 2**32:
                 raise InvalidArgument("stream_options.resume_grace_ms", "must not be negative")
             req.stream.resume_grace_ms = grace
-    token_ids = bool(_bool(body, "return_token_ids"))
+    token_ids = bool(boolean(body, "return_token_ids"))
     return OpenAIRequest(kind, req, stream, include_usage, logprobs, top, token_ids, params)
 
 
@@ -218,9 +207,9 @@ def _messages(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, s
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise InvalidArgument(where, "must be an object")
-        role = _str(m, "role", f"{where}.role")
+        role = text(m, "role", f"{where}.role")
         turn = req.messages.messages.add(role=role, content=_content(m.get("content"), where))
-        turn.tool_call_id = _str(m, "tool_call_id", f"{where}.tool_call_id", required=False)
+        turn.tool_call_id = text(m, "tool_call_id", f"{where}.tool_call_id", required=False)
         calls = m.get("tool_calls")
         if calls is None:
             continue
@@ -228,115 +217,17 @@ def _messages(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, s
             raise InvalidArgument(f"{where}.tool_calls", "must be an array")
         for j, call in enumerate(calls):
             at = f"{where}.tool_calls[{j}]"
-            function = _function(call, at)
+            function = openai_tools.function_of(call, at)
             arguments = function.get("arguments", "{}")
             if not isinstance(arguments, str):
                 raise InvalidArgument(f"{at}.function.arguments", "must be a string of JSON")
             turn.tool_calls.add(
-                id=_str(call, "id", f"{at}.id", required=False),
-                name=_str(function, "name", f"{at}.function.name"),
+                id=text(call, "id", f"{at}.id", required=False),
+                name=text(function, "name", f"{at}.function.name"),
                 arguments=arguments,
             )
             for name in ("name", "arguments"):
                 params[f"messages.messages[{i}].tool_calls[{j}].{name}"] = f"{at}.function.{name}"
-
-
-def _function(item: object, where: str) -> dict[str, Any]:
-    """The ``function`` of a tool or a call (``{"type": "function", "function": {...}}``)."""
-    if not isinstance(item, dict):
-        raise InvalidArgument(where, "must be an object")
-    if item.get("type", "function") != "function":
-        raise InvalidArgument(f"{where}.type", "only 'function' is supported")
-    function = item.get("function")
-    if not isinstance(function, dict):
-        raise InvalidArgument(f"{where}.function", "must be an object")
-    return function
-
-
-def _tools(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, str]) -> None:
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise InvalidArgument("tools", "must be an array")
-        for i, tool in enumerate(tools):
-            where = f"tools[{i}]"
-            function = _function(tool, where)
-            parameters = function.get("parameters")
-            if parameters is not None and not isinstance(parameters, dict):
-                raise InvalidArgument(
-                    f"{where}.function.parameters", "must be a JSON Schema object"
-                )
-            req.tools.add(
-                name=_str(function, "name", f"{where}.function.name"),
-                description=_str(
-                    function, "description", f"{where}.function.description", required=False
-                ),
-                parameters_json="" if parameters is None else orjson.dumps(parameters).decode(),
-            )
-            params[f"tools[{i}].name"] = f"{where}.function.name"
-            params[f"tools[{i}].description"] = f"{where}.function.description"
-            params[f"tools[{i}].parameters_json"] = f"{where}.function.parameters"
-    choice = body.get("tool_choice")
-    if isinstance(choice, str):
-        req.tool_choice = choice
-    elif choice is not None:
-        req.tool_choice = _str(
-            _function(choice, "tool_choice"), "name", "tool_choice.function.name"
-        )
-    parallel = _bool(body, "parallel_tool_calls")
-    if parallel is not None:
-        req.parallel_tool_calls = parallel
-
-
-def _structured(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, str]) -> None:
-    """``response_format`` or one of vLLM's ``guided_*`` -> ``structured_output``."""
-    so = req.structured_output
-    given: str | None = None
-    response_format = body.get("response_format")
-    if response_format is not None:
-        kind = _get(response_format, "type", "response_format")
-        if kind == "json_object":
-            so.json_object = True
-            params["structured_output.json_object"] = "response_format"
-            given = "response_format"
-        elif kind == "json_schema":
-            spec = _get(response_format, "json_schema", "response_format")
-            if not isinstance(spec, dict):
-                raise InvalidArgument("response_format.json_schema", "must be an object")
-            schema = spec.get("schema", {})
-            if not isinstance(schema, dict):
-                raise InvalidArgument("response_format.json_schema.schema", "must be an object")
-            so.json_schema = orjson.dumps(schema).decode()
-            params["structured_output.json_schema"] = "response_format.json_schema.schema"
-            given = "response_format"
-        elif kind != "text":
-            raise InvalidArgument(
-                "response_format.type", "must be text, json_object or json_schema"
-            )
-    for name, kind_ in _GUIDED:
-        value = body.get(name)
-        if value is None:
-            continue
-        if given is not None:
-            raise InvalidArgument(name, f"cannot be combined with {given}: give one constraint")
-        given = name
-        if kind_ == "json_schema":
-            if isinstance(value, dict):
-                value = orjson.dumps(value).decode()
-            elif not isinstance(value, str):
-                raise InvalidArgument(name, "must be a JSON Schema (an object or its text)")
-            so.json_schema = value
-        elif kind_ == "choice":
-            so.choice.choices.extend(_str_list(value, name))
-            params["structured_output.choice.choices"] = name
-            continue
-        elif not isinstance(value, str):
-            raise InvalidArgument(name, "must be a string")
-        else:
-            setattr(so, kind_, value)
-        params[f"structured_output.{kind_}"] = name
-    if given is not None:
-        params.setdefault("structured_output", given)
 
 
 def _content(content: object, where: str) -> str:
@@ -349,10 +240,10 @@ def _content(content: object, where: str) -> str:
         raise InvalidArgument(f"{where}.content", "must be a string or an array of parts")
     texts = []
     for j, part in enumerate(content):
-        kind = _get(part, "type", f"{where}.content[{j}]")
+        kind = get(part, "type", f"{where}.content[{j}]")
         if kind not in _TEXT_ONLY:
             raise InvalidArgument(f"{where}.content[{j}].type", f"{kind!r} parts are not supported")
-        texts.append(_str(part, "text", f"{where}.content[{j}].text"))
+        texts.append(text(part, "text", f"{where}.content[{j}].text"))
     return "".join(texts)
 
 
@@ -366,7 +257,7 @@ def _prompt(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, str
         params["token_ids.ids"] = "prompt[0]"
     if isinstance(prompt, str):
         req.prompt = prompt
-    elif isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
+    elif isinstance(prompt, list) and prompt and all(is_int(t) for t in prompt):
         if any(t < 0 for t in prompt):
             raise InvalidArgument(params["token_ids.ids"], "token ids must not be negative")
         if any(t > _MAX_TOKEN_ID for t in prompt):  # the contract's ids are uint32
@@ -382,8 +273,8 @@ def _prompt(body: dict[str, Any], req: pb.GenerateRequest, params: dict[str, str
 
 def _logprobs(kind: Kind, body: dict[str, Any], params: dict[str, str]) -> tuple[bool, int]:
     if kind == "chat":
-        wanted = bool(_bool(body, "logprobs"))
-        top = _int(body, "top_logprobs") or 0
+        wanted = bool(boolean(body, "logprobs"))
+        top = integer(body, "top_logprobs") or 0
         if top < 0:
             raise InvalidArgument("top_logprobs", "must not be negative")
         if top and not wanted:
@@ -394,87 +285,7 @@ def _logprobs(kind: Kind, body: dict[str, Any], params: dict[str, str]) -> tuple
     value = body.get("logprobs")
     if value is None or value is False:
         return False, 0
-    if not _is_int(value) or value < 0:
+    if not is_int(value) or value < 0:
         raise InvalidArgument("logprobs", "must be a non-negative integer")
     params["output.top_logprobs"] = "logprobs"
     return True, int(value)
-
-
-# --- JSON type checks, naming the parameter ---------------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _get(obj: object, key: str, where: str) -> object:
-    if not isinstance(obj, dict):
-        raise InvalidArgument(where, "must be an object")
-    return obj.get(key)
-
-
-def _str(obj: dict[str, Any], key: str, where: str | None = None, *, required: bool = True) -> str:
-    value = obj.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str):
-        raise InvalidArgument(where or key, "must be a string")
-    return value
-
-
-def _int(obj: dict[str, Any], key: str, where: str | None = None, bits: int = 32) -> int | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    # JSON has one number type: 2.0 is accepted as 2, as OpenAI does.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not _is_int(value):
-        raise InvalidArgument(where or key, "must be an integer")
-    # The contract's fields are 32-bit (seed: 64): a larger number would fail
-    # the protobuf assignment itself, as a server error.
-    if not -(1 << (bits - 1)) <= value < 1 << bits:
-        raise InvalidArgument(where or key, f"is out of range for a {bits}-bit integer")
-    return int(value)
-
-
-def _bool(obj: dict[str, Any], key: str, where: str | None = None) -> bool | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise InvalidArgument(where or key, "must be a boolean")
-    return value
-
-
-def _set_float(
-    body: dict[str, Any], key: str, target: pb.SamplingParams | pb.GenerateRequest
-) -> None:
-    value = body.get(key)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidArgument(key, "must be a number")
-    if not math.isfinite(value):
-        raise InvalidArgument(key, "must be finite")
-    setattr(target, key, float(value))
-
-
-def _set_bool(body: dict[str, Any], key: str, target: Any, name: str) -> None:
-    value = _bool(body, key)
-    if value is not None:
-        setattr(target, name, value)
-
-
-def _str_list(value: object, where: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidArgument(where, "must be a string or an array of strings")
-    return list(value)
-
-
-def _int_list(value: object, where: str) -> list[int]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(_is_int(v) for v in value):
-        raise InvalidArgument(where, "must be an array of integers")
-    return list(value)

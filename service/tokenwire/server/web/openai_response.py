@@ -48,6 +48,7 @@ class Answer:
 
     __slots__ = (
         "_calls",
+        "_calls_only",
         "_chat",
         "_created",
         "_finishes",
@@ -85,6 +86,9 @@ class Answer:
         self._token_ids = parsed.token_ids
         self._ids: list[list[int]] = [[] for _ in range(n)]  # whole answers only
         self._calls: list[list[dict[str, Any]]] = [[] for _ in range(n)]  # whole answers only
+        # A forced call (tool_choice required or a name) is all the answer: no content.
+        req = parsed.request
+        self._calls_only = bool(req.tools) and req.tool_choice not in ("", "auto", "none")
 
     # --- streaming ---------------------------------------------------------------
 
@@ -100,7 +104,10 @@ class Answer:
                 [
                     {
                         "index": i,
-                        "delta": {"role": "assistant", "content": ""},
+                        "delta": {
+                            "role": "assistant",
+                            "content": None if self._calls_only else "",
+                        },
                         "logprobs": None,
                         "finish_reason": None,
                     }

@@ -128,11 +128,16 @@ class Renderer:
         if answer is None or parsed is None:
             data = json_format.MessageToJson(msg, indent=None).encode()
             return b"data: %s\nid: %d\n\n" % (data, msg.sequence)
-        events = [answer.chunk(msg.index, (delta_of(msg),))]
+        delta = delta_of(msg)
+        # Nothing to say (a call's markup): no event. Its id is skipped too; one who
+        # resumes before it gets it again, as nothing again.
+        events = [answer.chunk(msg.index, (delta,))] if answer.says_something((delta,)) else []
         if msg.HasField("usage") and parsed.include_usage:
             u = msg.usage
             usage = usage_body(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens)
             events.append(answer.usage_chunk(usage))
+        if not events:
+            return b""
         *first, last = events
         head = b"".join(b"data: " + e + b"\n\n" for e in first)
         return head + b"data: %s\nid: %d\n\n" % (last, msg.sequence)
