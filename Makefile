@@ -214,7 +214,8 @@ soak: $(STAMP) system-tools
 # Every scenario, against the bare grpc.aio and FastAPI SSE baselines in the same
 # run (under 10 minutes): bench/results/<date>.{json,md,png}, docs/performance.md.
 # SCENARIOS="saturation latency" runs only those (throughput, saturation, latency,
-# cancel, memory): bench/results/<date>-saturation-latency.*, docs untouched.
+# cancel, memory; and constraints, which runs by name only): bench/results/
+# <date>-saturation-latency.*, docs untouched.
 # A smoke run of every scenario at tiny sizes is part of the test suite
 # (tests/bench/test_smoke.py).
 SCENARIOS ?=

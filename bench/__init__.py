@@ -2,6 +2,7 @@
 
     make bench                       # every scenario, full sizes (under 10 minutes)
     make bench SCENARIOS=saturation  # some, by name: throughput saturation latency cancel memory
+    make bench SCENARIOS=constraints # by name only: structured output and tool calls per token
     tests/bench/test_smoke.py: every scenario, tiny sizes, into a temporary folder
 
 Processes (all on 127.0.0.1, each its own interpreter, sharing the machine's cores):

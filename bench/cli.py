@@ -3,11 +3,13 @@
 python -m bench                      # every scenario -> bench/results/<date>.{json,md,png},
                                      # and docs/performance.md's figures block
 python -m bench saturation latency   # some -> bench/results/<date>-saturation-latency.*
+python -m bench constraints          # by name only: what a constraint costs per token
 python -m bench --smoke --out DIR    # tiny sizes, for the smoke test; docs untouched
 
 Scenarios: throughput (the engine on demand), saturation (the engine on its own clock,
 with the bare ceiling as calibration), latency, cancel (on the latency scenario's
-servers), memory. Only a run of every scenario at full sizes writes the docs page,
+servers), memory; and, when named, constraints (structured output and tool calls
+against plain text). Only a run of every scenario at full sizes writes the docs page,
 unless --docs names one.
 """
 
@@ -21,7 +23,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from . import memory, report, scenarios
+from . import constraints, memory, report, scenarios
+from .constraints import ConstraintsSummary
 from .procs import ROOT, Worker
 from .records import ServerKind
 from .sizes import FULL, SMOKE, Sizes
@@ -30,7 +33,10 @@ from .summary import CancelSummary, LatencySummary, MemorySummary, Sweep
 from .targets import evaluate
 
 NAMES = ("throughput", "saturation", "latency", "cancel", "memory")
-"""The scenarios, in the order a run takes them."""
+"""The scenarios of a full run (``make bench``), in the order a run takes them."""
+BY_NAME_ONLY = ("constraints",)
+"""Scenarios run when named, after the others: a full run stays under 10 minutes."""
+ALL = (*NAMES, *BY_NAME_ONLY)
 
 
 def _version(package: str) -> str:
@@ -53,6 +59,9 @@ def _machine(load_start: str, results: report.Results) -> dict[str, object]:
     }
     if results.latency:
         others["latency"] = median([lat.other_cpu_share for lat in results.latency.values()])
+    if results.constraints is not None:
+        windows = [s.window for s in results.constraints.samples]
+        others["constraints"] = median([w.other_cpu_s / w.window_s for w in windows])
     return {
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
@@ -78,6 +87,7 @@ def run(
     latency: dict[ServerKind, LatencySummary] = {}
     cancel: dict[ServerKind, CancelSummary] = {}
     mem: dict[ServerKind, MemorySummary] = {}
+    constraint: ConstraintsSummary | None = None
     with Worker() as worker:
         if "throughput" in chosen:
             throughput = Sweep.of(scenarios.throughput(sizes, worker))
@@ -89,6 +99,8 @@ def run(
             )
         if "memory" in chosen:
             mem = memory.memory(sizes, worker)
+        if "constraints" in chosen:
+            constraint = constraints.constraints(sizes, worker)
     date = started.strftime("%Y-%m-%d")
     every = chosen == NAMES
     results = report.Results(
@@ -105,13 +117,15 @@ def run(
         latency=latency,
         cancel=cancel,
         memory=mem,
+        constraints=constraint,
         targets=evaluate(sizes, throughput, saturation, latency, cancel, mem),
     )
     results.machine = _machine(load_start, results)
     paths = report.write(results, out)
     if docs is not None:
         report.update_docs(docs, results, paths)
-    print(report.targets_table(results.targets))
+    if any(row.passed is not None for row in results.targets):
+        print(report.targets_table(results.targets))
     print(f"\nreport: {paths['markdown']} ({results.duration_s:.0f} s)")
     return paths
 
@@ -123,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help=f"any of {', '.join(NAMES)} (default: all of them)",
+        help=f"any of {', '.join(ALL)} (default: {', '.join(NAMES)})",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
     parser.add_argument("--out", type=Path, help="output folder (default: bench/results)")
@@ -134,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         "for a full run of every scenario, none otherwise)",
     )
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.scenarios) - set(NAMES))
+    unknown = sorted(set(args.scenarios) - set(ALL))
     if unknown:
-        parser.error(f"unknown scenario {', '.join(unknown)}: choose from {', '.join(NAMES)}")
-    chosen = tuple(name for name in NAMES if name in args.scenarios) or NAMES
+        parser.error(f"unknown scenario {', '.join(unknown)}: choose from {', '.join(ALL)}")
+    chosen = tuple(name for name in ALL if name in args.scenarios) or NAMES
     sizes = SMOKE if args.smoke else FULL
     out = (args.out or ROOT / "bench" / "results").resolve()
     default_docs = ROOT / "docs" / "performance.md" if chosen == NAMES and not args.smoke else None

@@ -66,6 +66,20 @@ _SCENARIOS = {
   while {slow} readers that took one message are stopped (SIGSTOP) on a fast engine
   (`--sim-itl-ms 0`, `--stall-timeout-s 600`). Tokens generated: the rise of
   `tokenwire_tokens_total{{kind="completion"}}` over the readers' whole lives.""",
+    "constraints": """\
+- Constraints: one tokenwire server (its gRPC door) on the engine on demand
+  (`--sim-ttft-ms 0 --sim-itl-ms 0`), {constraint_streams} closed-loop streams at step 1, at
+  most {constraint_tokens} tokens a stream, the same conversation under each workload in
+  turn ({c_warmup:.2g} s of warmup, then a {c_window:.2g} s window; the order rotates every
+  repetition): plain text, a JSON schema, a regex, tools in the prompt with tool_choice
+  "none", "auto" answered as text, and "required". Plain text and the unconstrained tool
+  workloads run to the budget (`ignore_eos`); a constrained answer ends where its grammar
+  lets it. Streams take {seeds} seeds in turn, those the server answers as text under
+  "auto" (found by asking it with Complete). Server CPU per token against plain text's in
+  the same repetition is what the constraint costs. Then {compile_rounds} rounds, one
+  request at a time: first tokens with no constraint, the workload's schema (compiled
+  already), and that schema with a new nonce in its description (compiled before its
+  first token).""",
 }
 
 
@@ -97,6 +111,12 @@ def method(s: Sizes, scenarios: Sequence[str]) -> str:
         "idle": s.idle_streams,
         "slow": s.slow_readers,
         "slow_s": s.slow_sample_s,
+        "c_warmup": s.constraint_warmup_s,
+        "c_window": s.constraint_window_s,
+        "constraint_streams": s.constraint_streams,
+        "constraint_tokens": s.constraint_max_tokens,
+        "seeds": f"up to {s.constraint_seeds}",
+        "compile_rounds": s.compile_rounds,
     }
     paragraphs = [_COMMON, *(_SCENARIOS[name] for name in scenarios)]
     return "\n".join(p.format(**fields) for p in paragraphs)

@@ -7,7 +7,7 @@ replies one per line on its stdout (``{"ok": true, "result": {...}}``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 ServerKind = Literal["tokenwire", "http", "bare", "sse"]
 """tokenwire over gRPC, tokenwire's HTTP door (SSE), and the two baselines."""
@@ -29,6 +29,15 @@ class StreamSpec:
 
     max_tokens: int
     step: int = 1
+    # The constraints scenario's request (bench/workloads.py); "" is the plain prompt of
+    # every other scenario. Its streams take ``seeds`` in turn (none: unseeded).
+    workload: str = ""
+    seeds: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> StreamSpec:
+        """From its JSON form (where ``seeds`` is a list)."""
+        return cls(**{**raw, "seeds": tuple(raw.get("seeds", ()))})
 
 
 @dataclass(slots=True)
@@ -90,3 +99,30 @@ class CancelSample:
 class HoldResult:
     opened: int
     tokens_read: int  # tokens the client took before it stopped reading
+
+
+@dataclass(slots=True)
+class Tally:
+    """How one workload's finished streams ended, as the load generator read them."""
+
+    streams: int = 0
+    tokens: int = 0
+    with_tool_calls: int = 0  # streams that made at least one call
+    finish: dict[str, int] = field(default_factory=dict)  # finish reason -> streams
+
+    def add(self, other: Tally) -> None:
+        self.streams += other.streams
+        self.tokens += other.tokens
+        self.with_tool_calls += other.with_tool_calls
+        for reason, n in other.finish.items():
+            self.finish[reason] = self.finish.get(reason, 0) + n
+
+
+@dataclass(slots=True)
+class FirstTokens:
+    """Times to first token, one request at a time on an idle server: no constraint, the
+    workload's schema (compiled already), and that schema made new (compiled first)."""
+
+    plain_s: list[float] = field(default_factory=list)
+    cached_s: list[float] = field(default_factory=list)
+    fresh_s: list[float] = field(default_factory=list)

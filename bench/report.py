@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from . import plots
+from .constraints import ConstraintsSummary
+from .constraints_report import constraints_section
 from .method import method
 from .records import ServerKind
 from .sizes import Sizes
@@ -52,6 +54,7 @@ class Results:
     latency: dict[ServerKind, LatencySummary]
     cancel: dict[ServerKind, CancelSummary]
     memory: dict[ServerKind, MemorySummary]
+    constraints: ConstraintsSummary | None  # run by name only
     targets: list[TargetRow]
 
 
@@ -79,6 +82,7 @@ def write(results: Results, out: Path) -> dict[str, Path]:
         "latency": {k: asdict(v) for k, v in results.latency.items()},
         "cancel": {k: asdict(v) for k, v in results.cancel.items()},
         "memory": {k: asdict(v) for k, v in results.memory.items()},
+        "constraints": asdict(results.constraints) if results.constraints else None,
     }
     data = {
         "date": results.date,
@@ -201,6 +205,8 @@ def markdown(r: Results, paths: Mapping[str, Path]) -> str:
             parts += _cancellation(c)
     if "memory" in r.scenarios:
         parts += ["", "## Memory", "", *_memory(r)]
+    if r.constraints is not None:
+        parts += ["", "## Constraints", "", *constraints_section(r.constraints)]
     parts += ["", f"Raw figures: [{paths['json'].name}]({paths['json'].name}).", ""]
     return "\n".join(parts)
 

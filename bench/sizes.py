@@ -42,6 +42,16 @@ class Sizes:
     idle_streams: int
     slow_readers: int
     slow_sample_s: float
+    # Constraints: closed-loop streams of every workload (bench/workloads.py) on the engine
+    # on demand, each stream a seed from a list of this many; then, one at a time, this
+    # many rounds of first tokens (plain, cached schema, new schema). Its own window: six
+    # workloads a repetition, where the other scenarios' smoke windows would be slow.
+    constraint_warmup_s: float
+    constraint_window_s: float
+    constraint_streams: int
+    constraint_max_tokens: int
+    constraint_seeds: int
+    compile_rounds: int
 
 
 FULL = Sizes(
@@ -67,6 +77,12 @@ FULL = Sizes(
     idle_streams=1000,
     slow_readers=100,
     slow_sample_s=3.0,
+    constraint_warmup_s=0.5,
+    constraint_window_s=3.0,
+    constraint_streams=32,
+    constraint_max_tokens=64,
+    constraint_seeds=16,
+    compile_rounds=20,
 )
 
 # The smoke sizes keep the full run's shape: the ceiling's concurrency is one of the
@@ -94,4 +110,10 @@ SMOKE = Sizes(
     idle_streams=20,
     slow_readers=4,
     slow_sample_s=0.4,
+    constraint_warmup_s=0.05,
+    constraint_window_s=0.1,
+    constraint_streams=4,
+    constraint_max_tokens=16,
+    constraint_seeds=4,
+    compile_rounds=1,
 )

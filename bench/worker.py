@@ -19,8 +19,9 @@ from typing import Any
 
 import uvloop
 
-from . import load, open_streams
+from . import constrained_load, load, open_streams
 from .clients import Client, make_client
+from .constrained_load import WorkloadClient
 from .records import StreamSpec, Target
 
 IDLE_EXIT_S = 900.0  # no command for this long: the orchestrator is gone
@@ -29,26 +30,42 @@ IDLE_EXIT_S = 900.0  # no command for this long: the orchestrator is gone
 class Worker:
     def __init__(self) -> None:
         self.clients: dict[Target, Client] = {}
+        self.workload_clients: dict[Target, WorkloadClient] = {}
         self.holder = open_streams.Holder()
 
-    def client(self, target: Target) -> Client:
+    def client(self, target: Target, spec: StreamSpec) -> Client:
+        if spec.workload:  # the constraints scenario's requests
+            return self.workload_client(target)
         if target not in self.clients:
             self.clients[target] = make_client(target)
         return self.clients[target]
 
+    def workload_client(self, target: Target) -> WorkloadClient:
+        if target not in self.workload_clients:
+            self.workload_clients[target] = WorkloadClient(target)
+        return self.workload_clients[target]
+
     async def handle(self, op: str, args: dict[str, Any]) -> object:
         if op == "close":
             await self.holder.close()
-            for client in self.clients.values():
+            for client in [*self.clients.values(), *self.workload_clients.values()]:
                 await client.close()
             self.clients.clear()
+            self.workload_clients.clear()
             return None
         if op == "release":
             await self.holder.close()
             return None
         target = Target(**args.pop("target"))
-        spec = StreamSpec(**args.pop("spec"))
-        client = self.client(target)
+        if op == "tally":
+            tallies = self.workload_client(target).take_tallies()
+            return {name: asdict(tally) for name, tally in tallies.items()}
+        if op == "first_tokens":
+            return asdict(await constrained_load.first_tokens(self.workload_client(target), **args))
+        spec = StreamSpec.of(args.pop("spec"))
+        if op == "text_seeds":
+            return await constrained_load.text_seeds(self.workload_client(target), spec, **args)
+        client = self.client(target, spec)
         if op == "saturate":
             return asdict(await load.saturate(client, target, spec, **args))
         if op == "latency":

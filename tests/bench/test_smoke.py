@@ -160,3 +160,40 @@ def test_startup_probe_reports_every_transport() -> None:
     assert [row[1].strip() for row in rows] == ["grpc-call", "grpc-session", "tcp"]
     for row in rows:
         assert int(row[2]) >= 2  # every worker finished at least one request
+
+
+def test_constraints_by_name(tmp_path: Path) -> None:
+    """Every workload delivers on one server, against plain text; the "auto" workload's
+    seeds really are answered as text; the first-token probe ran every kind."""
+    _bench("constraints", "--out", str(tmp_path))
+
+    [data_file] = tmp_path.glob("*.json")
+    assert data_file.name.endswith("-constraints.json")
+    assert not list(tmp_path.glob("*.png"))
+    data = json.loads(data_file.read_text())
+    assert data["scenarios"] == ["constraints"]
+    constraints = data["constraints"]
+    assert constraints["seeds"]
+    workloads = {w["workload"]: w for w in constraints["workloads"]}
+    assert list(workloads) == [
+        "plain",
+        "json_schema",
+        "regex",
+        "tools_none",
+        "tools_auto_text",
+        "tools_required",
+    ]
+    for w in workloads.values():
+        assert w["errors"] == 0 and w["streams_finished"] > 0, w
+        assert w["tokens_per_s"] > 0 and w["server_us_per_token"] > 0, w
+        assert w["cpu_vs_plain"] is not None, w
+    assert workloads["plain"]["cpu_vs_plain"] == 1.0
+    assert workloads["tools_auto_text"]["tool_call_share"] == 0.0
+    assert constraints["parser_us_per_token"] is not None
+    rounds = data["sizes"]["compile_rounds"]
+    for kind in ("plain_s", "cached_s", "fresh_s"):
+        assert len(constraints["first_raw"][kind]) == rounds, kind
+    assert constraints["first"]["compile_ms"] is not None
+    text = (tmp_path / f"{data_file.stem}.md").read_text()
+    assert "## Constraints" in text and "CPU per token vs plain" in text
+    assert "## Throughput" not in text
