@@ -403,6 +403,7 @@ async def test_a_forced_tool_call_comes_back_as_a_call(served: Served) -> None:
         messages=chat,
         tools=[tool],
         tool_choice="describe_city",
+        parallel_tool_calls=False,  # one call, exactly (else a model may make several)
         stopping=pb.StoppingOptions(max_tokens=300),
     )
     done = (await served.stub.Complete(req)).choices[0]
