@@ -38,21 +38,9 @@ from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from ..helpers import async_wait_for, start_server_process
-from .tiny_model import build_tiny_adapter, build_tiny_model, token_bytes
+from .tiny_model import build_tiny_adapter, token_bytes
 
 PROMPT = "the quick brown fox"
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
-@pytest.fixture(scope="session")
-def tokenizer(model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
 
 
 def settings(model_dir: Path, **values: Any) -> Settings:

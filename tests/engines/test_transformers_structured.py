@@ -38,7 +38,6 @@ from tokenwire.v1 import generation_pb2 as pb
 from tokenwire.v1 import generation_pb2_grpc as pb_grpc
 
 from .test_transformers import Seq, collect, prompt_ids, request, settings
-from .tiny_model import build_tiny_model
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "object": {
@@ -67,18 +66,6 @@ WEATHER = {
     "required": ["city", "days"],
     "additionalProperties": False,
 }
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
 
 
 @pytest.fixture
