@@ -104,6 +104,13 @@ def test_arguments_written_as_a_string_go_out_whole() -> None:
     assert calls[0]["arguments"] == "" and content == ', "arguments": "x"}'
 
 
+def test_arguments_string_nested_past_the_parser_is_no_call() -> None:
+    nested = "[" * 5000 + "]" * 5000
+    text = f'<tool_call>{{"name": "add", "arguments": "{nested}"}}</tool_call>'
+    content, calls = parse(HERMES, text)
+    assert calls[0]["arguments"] == "" and content.startswith(', "arguments": "[[[')
+
+
 def test_the_character_that_breaks_a_call_is_read_again() -> None:
     call = '<tool_call>{"name": "add", "arguments": {}}</tool_call>'
     content, calls = same_for_every_split(HERMES, f"<tool_call>{call}")

@@ -2,7 +2,8 @@
 
 The server's modules (arrows point down only: a door imports ``core/``, never the
 other door; ``core/`` imports the engines' seam and the process's settings and
-logs, never a door, grpc or the HTTP stack)::
+logs, never a door, grpc or the HTTP stack; of ``engines/`` only the seam and its
+llguidance helpers, ``grammar.py``)::
 
     cli.py, flags.py, settings.py     flags and environment -> Settings; exit codes
     listeners.py                      every port checked before anything loads
@@ -17,6 +18,10 @@ logs, never a door, grpc or the HTTP stack)::
       admission.py, watchdog.py       slots and queue; stalled readers and engines
       sizes.py, auth.py               whole-answer size bound; API keys
       messages.py                     engine types -> the contract's messages
+      constraints.py                  structured output -> a compiled, validated grammar
+      toolcalls.py                    tools and tool_choice validated; forced-call grammars
+      toolparse.py, jsonscan.py       tool calls read out of a streamed text
+      parsedcalls.py                  an engine handle whose deltas carry those calls
       telemetry.py, tracing.py        Prometheus metrics; OpenTelemetry spans
     rpc/                              door 1, gRPC: protobuf in, protobuf out
       servicer.py                     the RPCs, a few lines each on core.lifecycle
@@ -26,6 +31,7 @@ logs, never a door, grpc or the HTTP stack)::
     web/                              door 2, HTTP: OpenAI JSON, NDJSON, the playground
       app.py                          routes, keys, errors as OpenAI error objects
       openai_request.py               OpenAI bodies -> GenerateRequest (params named back)
+      openai_tools.py, jsonargs.py    response_format, guided_*, tools; JSON type checks
       openai_response.py              flushes -> chunks and whole answers
       framing.py, asgi.py             SSE and NDJSON framing; the bare ASGI pieces
       listener.py                     uvicorn's protocol on this loop; TLS; the drain

@@ -15,9 +15,10 @@ How a model writes calls is a property of the model, chosen by a setting
 - ``llama3_json`` (Llama 3.1+ with JSON tool calling): the answer is the call,
   ``{"name": "f", "parameters": {...}}``, several separated by ``; ``.
 
-A forced call is a Lark grammar (llguidance's dialect) around an inline JSON
-Schema per tool: the name as a constant, the tool's own parameters schema as the
-arguments. So the arguments always validate against the tool's schema.
+A forced call is a Lark grammar (llguidance's dialect): per tool, the call's text
+up to its arguments written out (its name included), then the tool's own
+parameters schema as an inline JSON Schema. So the arguments always validate
+against the tool's schema.
 """
 
 from __future__ import annotations

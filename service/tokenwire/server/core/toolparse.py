@@ -228,7 +228,7 @@ class CallParser:
             try:
                 arguments = json.loads(scan.text(scan.arguments_start, scan.arguments_end))
                 valid = isinstance(json.loads(arguments), dict)
-            except ValueError:
+            except (ValueError, RecursionError):  # a model's text: no call, not a 500
                 valid = False
             if not valid:
                 return False

@@ -63,6 +63,7 @@ class Answer:
         "_started",
         "_texts",
         "_token_ids",
+        "_tools",
         "_top",
     )
 
@@ -88,7 +89,8 @@ class Answer:
         self._calls: list[list[dict[str, Any]]] = [[] for _ in range(n)]  # whole answers only
         # A forced call (tool_choice required or a name) is all the answer: no content.
         req = parsed.request
-        self._calls_only = bool(req.tools) and req.tool_choice not in ("", "auto", "none")
+        self._tools = bool(req.tools)
+        self._calls_only = self._tools and req.tool_choice not in ("", "auto", "none")
 
     # --- streaming ---------------------------------------------------------------
 
@@ -156,10 +158,11 @@ class Answer:
             choice: dict[str, Any] = {"index": i}
             if self._chat:
                 calls = self._calls[i]
+                # Only calls: content null, as OpenAI answers them.
                 message: dict[str, Any] = {"role": "assistant", "content": text or None}
                 if calls:
                     message["tool_calls"] = calls
-                elif not text:
+                else:
                     message["content"] = text
                 choice["message"] = message
             else:
@@ -187,9 +190,10 @@ class Answer:
         if streaming:
             if self._chat:
                 delta: dict[str, Any] = {"content": text} if text else {}
-                calls = [c for d in deltas for c in d.tool_calls]
-                if calls:
-                    delta["tool_calls"] = [_call_delta(c) for c in calls]
+                if self._tools:  # else no delta carries calls: nothing to look for
+                    calls = [_call_delta(c) for d in deltas for c in d.tool_calls]
+                    if calls:
+                        delta["tool_calls"] = calls
                 choice["delta"] = delta
             else:
                 choice["text"] = text
@@ -204,9 +208,8 @@ class Answer:
                 choice["logprobs"] = None
         else:
             self._texts[index].append(text)
-            for d in deltas:
-                for c in d.tool_calls:
-                    _add_call(self._calls[index], c)
+            for c in (c for d in deltas for c in d.tool_calls):
+                _add_call(self._calls[index], c)
             if self._token_ids:
                 self._ids[index].extend(t for d in deltas for t in d.token_ids)
             if self._logprobs:

@@ -21,6 +21,7 @@ from google.protobuf import json_format
 from tokenwire.v1 import generation_pb2 as pb
 
 from ..core import errors
+from ..core.messages import FINISH_REASONS
 from ..core.resume import identity
 from ..engines.base import FinishReason, SequenceDelta, TokenLogprob, ToolCallDelta, TopLogprob
 from .asgi import Scope, header
@@ -31,12 +32,9 @@ EVENTS_PREFIX = "/v1/requests/"
 EVENTS_SUFFIX = "/events"
 EVENTS_ROUTE = "/v1/requests/{id}/events"  # the route's label in metrics, logs and spans
 
+# The contract's finish reasons back to the engine's: the one table, read backwards.
 _FINISHES: dict[int, FinishReason] = {
-    pb.FINISH_REASON_STOP: "stop",
-    pb.FINISH_REASON_LENGTH: "length",
-    pb.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
-    pb.FINISH_REASON_CANCELLED: "cancelled",
-    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
+    number: reason for reason, number in FINISH_REASONS.items() if reason is not None
 }
 
 
